@@ -1,0 +1,34 @@
+# Two commands on a fresh Debian machine with Python 3.11:
+#   make run   - install, then serve the built-in tiny model and stream a completion
+#   make test  - install everything (Python deps, redis-server, the Kubernetes testbed, helm) and run all tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install test-deps test run protos clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+test-deps: install
+	bash scripts/install-redis.sh
+	bash scripts/install-helm.sh
+	bash scripts/k8s-testbed.sh build
+
+test: install test-deps
+	$(VENV)/bin/pytest
+
+run: install
+	$(VENV)/bin/eaas up --demo
+
+protos: install
+	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos --pyi_out=protos protos/*.proto
+
+clean:
+	rm -rf $(VENV) build *.egg-info

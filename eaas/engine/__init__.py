@@ -1,0 +1,1 @@
+"""Generation engine: sequences, scheduler, packed KV cache, model runner, continuous batching loop."""

@@ -1,0 +1,1 @@
+"""MemPool: KV-cache blocks, expert registry and load statistics (Redis or in-process)."""

@@ -1,0 +1,1 @@
+"""Model side: checkpoints, families, the dense/expert split and expert math."""
