@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from eaas.errors import UserError
+
 # name -> (module, one-line help). Modules are imported lazily so `eaas --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("eaas.generate_cli", "generate tokens in-process from a model directory, or through a gateway"),
@@ -20,10 +22,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "expert-server": ("eaas.expert_service.cli", "serve one group of experts over gRPC"),
     "operator": ("eaas.operator.cli", "run the Kubernetes operator for MoEDeployment resources (kopf)"),
 }
-
-
-class UserError(Exception):
-    """An error caused by input the user can fix; printed as one line, exit code 2."""
 
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:

@@ -1,0 +1,103 @@
+"""Routed-expert weights and the weighted combine: the math an expert server (or local backend) runs.
+
+For each token t and each of its top-k slots j whose expert e is held here:
+    out[t] += w[t, j] * down_e( act(gate_e(x[t])) * up_e(x[t]) )
+Slots whose expert is not held here (or is -1) contribute nothing, so a gateway can send one request per
+server with the other servers' slots masked, and add the partial results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eaas.errors import UserError
+from eaas.model.checkpoint import Checkpoint
+from eaas.model.families import num_routed_experts
+
+
+@dataclass
+class LayerExperts:
+    """The experts of one MoE layer held by this process, fused as transformers 5 fuses them in memory."""
+
+    expert_ids: list[int]
+    gate_up: torch.Tensor  # [n, 2F, D], gate half first
+    down: torch.Tensor     # [n, D, F]
+    slot_of: torch.Tensor  # [num_experts + 1] -> index into gate_up/down, -1 if not held (last entry: id -1)
+
+
+class ExpertWeights:
+    """Weights of a set of experts across a set of MoE layers, and the combine over them."""
+
+    def __init__(self, layers: dict[int, LayerExperts], num_experts: int, hidden_size: int, act: str, dtype: torch.dtype):
+        from transformers.activations import ACT2FN
+
+        self.layers = layers
+        self.num_experts = num_experts
+        self.hidden_size = hidden_size
+        self.dtype = dtype
+        self.act_fn = ACT2FN[act]
+
+    def holds(self, layer: int) -> bool:
+        return layer in self.layers
+
+    @torch.inference_mode()
+    def combine(self, layer: int, hidden: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """hidden [T, D], expert_ids [T, k] (int, -1 = none), weights [T, k] -> [T, D] weighted sum."""
+        lx = self.layers.get(layer)
+        if lx is None:
+            raise KeyError(f"layer {layer} is not held here")
+        out = torch.zeros_like(hidden)
+        if hidden.shape[0] == 0:
+            return out
+        ids = expert_ids.long().clamp(min=-1)
+        slots = lx.slot_of[ids]  # id -1 indexes the last entry, which is -1
+        for slot in torch.unique(slots).tolist():
+            if slot < 0:
+                continue
+            pos, token_idx = torch.where(slots.t() == slot)  # slot-major order, as transformers does
+            x = hidden[token_idx]
+            gate, up = nn.functional.linear(x, lx.gate_up[slot]).chunk(2, dim=-1)
+            y = nn.functional.linear(self.act_fn(gate) * up, lx.down[slot])
+            y = y * weights[token_idx, pos, None]
+            out.index_add_(0, token_idx, y.to(out.dtype))
+        return out
+
+
+def load_expert_weights(ckpt: Checkpoint, expert_ids: list[int] | None = None, layers: list[int] | None = None,
+                        dtype: torch.dtype = torch.float32) -> ExpertWeights:
+    """Read only the given experts (default: all) of the given MoE layers (default: all) from `ckpt`."""
+    num_experts = num_routed_experts(ckpt.config)
+    moe_layers = ckpt.moe_layers()
+    if not moe_layers:
+        raise UserError(f"{ckpt.path}: no routed-expert tensors found for {ckpt.family.model_type}")
+    expert_ids = sorted(set(range(num_experts) if expert_ids is None else expert_ids))
+    bad = [e for e in expert_ids if not 0 <= e < num_experts]
+    if bad:
+        raise UserError(f"expert id {bad[0]} out of range: the model has experts 0..{num_experts - 1}")
+    layers = moe_layers if layers is None else sorted(set(layers))
+    bad_layers = [layer for layer in layers if layer not in moe_layers]
+    if bad_layers:
+        raise UserError(f"layer {bad_layers[0]} has no routed experts; MoE layers: {moe_layers}")
+    fam = ckpt.family
+    keys = [fam.expert_key(layer, e, p) for layer in layers for e in expert_ids for p in ("gate", "up", "down")]
+    tensors = ckpt.read(keys, dtype=dtype, desc="loading experts")
+    out: dict[int, LayerExperts] = {}
+    for layer in layers:
+        gate_up, down = [], []
+        for e in expert_ids:
+            g, u, d = (tensors.pop(fam.expert_key(layer, e, p)) for p in ("gate", "up", "down"))
+            if g.shape != u.shape or d.shape != (g.shape[1], g.shape[0]):
+                raise UserError(f"shape mismatch in layer {layer} expert {e}: gate {tuple(g.shape)}, "
+                                f"up {tuple(u.shape)}, down {tuple(d.shape)}")
+            if g.shape[1] != ckpt.config.hidden_size:
+                raise UserError(f"shape mismatch in layer {layer} expert {e}: gate {tuple(g.shape)} "
+                                f"does not match hidden_size {ckpt.config.hidden_size}")
+            gate_up.append(torch.cat([g, u], dim=0))
+            down.append(d)
+        slot_of = torch.full((num_experts + 1,), -1, dtype=torch.long)
+        slot_of[torch.tensor(expert_ids)] = torch.arange(len(expert_ids))
+        out[layer] = LayerExperts(expert_ids, torch.stack(gate_up), torch.stack(down), slot_of)
+    return ExpertWeights(out, num_experts, ckpt.config.hidden_size, ckpt.config.hidden_act, dtype)
