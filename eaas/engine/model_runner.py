@@ -1,0 +1,42 @@
+"""Runs one packed forward of the dense model over a scheduled batch and returns last-token logits."""
+
+from __future__ import annotations
+
+import torch
+
+from eaas.engine.kv_cache import PackedKVCache, SequenceKV
+from eaas.engine.layout import BatchLayout
+from eaas.model.dense import DenseModel
+
+
+class ModelRunner:
+    def __init__(self, model: DenseModel):
+        self.model = model
+        inner = model.hf.model
+        self.embed = inner.embed_tokens
+        self.layers = inner.layers
+        self.norm = inner.norm
+        self.rotary = inner.rotary_emb
+        self.lm_head = model.hf.lm_head
+
+    @torch.inference_mode()
+    def forward(self, input_ids: list[int], kvs: list[SequenceKV], new_counts: list[int],
+                all_logits: bool = False) -> torch.Tensor:
+        """Feed each sequence's new tokens (packed in order) after its cached ones.
+
+        Returns logits [B, V] of each sequence's last new token (or [T, V] of every token if all_logits).
+        """
+        layout = BatchLayout([kv.length for kv in kvs], new_counts)
+        cache = PackedKVCache(kvs, layout)
+        ids = torch.tensor(input_ids, dtype=torch.long).unsqueeze(0)
+        positions = layout.positions.unsqueeze(0)
+        h = self.embed(ids)
+        pos_emb = self.rotary(h, positions)
+        for layer in self.layers:
+            h = layer(h, attention_mask=None, position_ids=positions, past_key_values=cache,
+                      position_embeddings=pos_emb, eaas_layout=layout)
+            if isinstance(h, tuple):
+                h = h[0]
+        cache.commit()
+        h = h[0] if all_logits else h[0, layout.last_index]
+        return self.lm_head(self.norm(h)).float()

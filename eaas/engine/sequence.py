@@ -1,0 +1,79 @@
+"""One request: its tokens, sampling parameters, KV cache and state."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from eaas.engine.kv_cache import SequenceKV
+
+_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 0.0          # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    num_layers: int
+    request_id: str = ""
+    seq_id: int = field(default_factory=lambda: next(_ids))
+    output_ids: list[int] = field(default_factory=list)
+    status: Status = Status.WAITING
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    kv: SequenceKV = field(init=False)
+    generator: torch.Generator | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        self.kv = SequenceKV(self.num_layers)
+        if self.params.temperature > 0:
+            self.generator = torch.Generator()
+            seed = self.params.seed if self.params.seed is not None else torch.seed()
+            self.generator.manual_seed(seed)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_cached(self) -> int:
+        return self.kv.length
+
+    @property
+    def num_uncached(self) -> int:
+        """Tokens still to be fed through the model (prompt remainder, or the last sampled token)."""
+        return self.num_tokens - self.kv.length
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == Status.FINISHED
