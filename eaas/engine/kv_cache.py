@@ -24,10 +24,10 @@ class SequenceKV:
         if bufs is None or bufs[0].shape[1] < needed:
             cap = max(16, needed, 2 * (bufs[0].shape[1] if bufs is not None else 0))
             new = [k.new_empty(k.shape[0], cap, k.shape[-1]), v.new_empty(v.shape[0], cap, v.shape[-1])]
-            if bufs is not None:
-                n = self.length
-                new[0][:, :n] = bufs[0][:, :n]
-                new[1][:, :n] = bufs[1][:, :n]
+            if bufs is not None:  # keep everything written so far (imports write before length moves)
+                old = bufs[0].shape[1]
+                new[0][:, :old] = bufs[0]
+                new[1][:, :old] = bufs[1]
             self.layers[layer] = bufs = new
         return bufs
 

@@ -48,7 +48,7 @@ class KVPool:
     @classmethod
     def from_url(cls, url: str | None, *, deployment: str = "local", fingerprint: str, block_size: int = 16,
                  ttl_s: float = DEFAULT_TTL_S, budget_bytes: int | None = DEFAULT_BUDGET_BYTES,
-                 layout: codec.Layout | None = None, registry: CollectorRegistry | None = None,
+                 layout: codec.Layout | None = None, metrics_registry: CollectorRegistry | None = None,
                  socket_timeout_s: float = 0.5) -> "KVPool":
         """A pool on Redis at `url` (redis:// or rediss://, AUTH in the URL) or in-process when url is None.
 
@@ -57,7 +57,7 @@ class KVPool:
         a block: inserts must match it and stored values with another layout are refused.
         """
         keys = DeploymentKeys(deployment)
-        metrics = mempool_metrics(registry)
+        metrics = mempool_metrics(metrics_registry)
         if url is None:
             store: KVStore = MemoryKVStore(keys, ttl_s=ttl_s, budget_bytes=budget_bytes)
         else:
@@ -68,6 +68,10 @@ class KVPool:
 
     def chain_hashes(self, token_ids: list[int]) -> list[str]:
         return codec.chain_hashes(self.fingerprint, self.block_size, token_ids)
+
+    def value_keys(self, token_ids: list[int]) -> list[str]:
+        """The Redis key (first chunk) of every full block of token_ids, for tools and debugging."""
+        return [self._keys.kv_key(self._member(h)) for h in self.chain_hashes(token_ids)]
 
     async def insert(self, token_ids: list[int], blocks: list[Block | None]) -> int:
         """Store blocks[i] as the KV of token_ids[i*bs:(i+1)*bs]; None entries (e.g. blocks that came from

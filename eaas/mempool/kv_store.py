@@ -77,6 +77,8 @@ return #ARGV - 1
 
 
 class KVStore(Protocol):
+    keys: DeploymentKeys
+
     async def write(self, entries: list[tuple[str, bytes]]) -> bool:
         """Store (member, frame) pairs in chain order; False when the store is unavailable."""
 

@@ -131,9 +131,9 @@ class LoadRecorder:
         self._task: asyncio.Task | None = None
 
     @classmethod
-    def from_url(cls, url: str | None, *, deployment: str = "local", registry: CollectorRegistry | None = None,
+    def from_url(cls, url: str | None, *, deployment: str = "local", metrics_registry: CollectorRegistry | None = None,
                  max_pending_buckets: int = LOAD_KEY_TTL_S // LOAD_BUCKET_S) -> "LoadRecorder":
-        metrics = mempool_metrics(registry)
+        metrics = mempool_metrics(metrics_registry)
         if url is None:
             store: LoadStore = MemoryLoadStore.shared(deployment)
         else:

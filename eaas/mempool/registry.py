@@ -155,8 +155,8 @@ class Heartbeat:
     @classmethod
     def from_url(cls, url: str | None, info: ReplicaInfo, *, deployment: str = "local",
                  ttl_s: float = DEFAULT_TTL_S, interval_s: float = DEFAULT_INTERVAL_S,
-                 registry: CollectorRegistry | None = None) -> "Heartbeat":
-        metrics = mempool_metrics(registry)
+                 metrics_registry: CollectorRegistry | None = None) -> "Heartbeat":
+        metrics = mempool_metrics(metrics_registry)
         store = open_registry_store(url, deployment, metrics, f"heartbeat {info.address}")
         return cls(store, info, ttl_s=ttl_s, interval_s=interval_s, metrics=metrics)
 
@@ -208,8 +208,8 @@ class RegistryReader:
 
     @classmethod
     def from_url(cls, url: str | None, *, deployment: str = "local",
-                 registry: CollectorRegistry | None = None) -> "RegistryReader":
-        metrics = mempool_metrics(registry)
+                 metrics_registry: CollectorRegistry | None = None) -> "RegistryReader":
+        metrics = mempool_metrics(metrics_registry)
         return cls(open_registry_store(url, deployment, metrics, "registry reader"), metrics)
 
     async def replicas(self) -> dict[str, ReplicaInfo]:

@@ -1,0 +1,125 @@
+"""The `eaas` command as a user runs it: tiny-model, generate, --help and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+EAAS = [sys.executable, "-m", "eaas.cli"]
+
+
+def eaas(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(EAAS + list(args), capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    eaas("tiny-model", str(out), "--arch", "qwen2_moe", "--seed", "3")
+    return out
+
+
+def test_tiny_model_then_generate_json_matches_transformers(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    proc = eaas("generate", "--model", str(tiny_dir), "--prompt-ids", "1,17,42", "--max-tokens", "24",
+                "--temperature", "0", "--json")
+    result = json.loads(proc.stdout)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    ref = hf.generate(torch.tensor([[1, 17, 42]]), max_new_tokens=24, do_sample=False,
+                      attention_mask=torch.ones(1, 3, dtype=torch.long))[0, 3:].tolist()
+    assert result["token_ids"] == ref
+    assert result["finish_reason"] in ("stop", "length")
+    assert isinstance(result["text"], str)
+
+
+def test_generate_from_text_prompt_streams_text(tiny_dir):
+    proc = eaas("generate", "--model", str(tiny_dir), "--prompt", "Hello", "--max-tokens", "5", "--ignore-eos")
+    assert "5 tokens, finish_reason=length" in proc.stderr
+    assert proc.stdout.strip() != ""
+
+
+def test_help_of_every_subcommand():
+    from eaas.cli import SUBCOMMANDS
+
+    top = eaas("--help").stdout
+    for name in SUBCOMMANDS:
+        assert name in top
+        sub = eaas(name, "--help").stdout
+        assert sub.startswith(f"usage: eaas {name}"), name
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("eaas")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(tiny_dir, tmp_path):
+    gen = ["generate", "--prompt-ids", "1,2", "--max-tokens", "4", "--model"]
+    assert "outside the vocabulary" in one_line_error(
+        eaas("generate", "--model", str(tiny_dir), "--prompt-ids", "1,99999", check=False))
+    assert "exceeds the model's context" in one_line_error(
+        eaas("generate", "--model", str(tiny_dir), "--prompt-ids", "1", "--max-tokens", "100000", check=False))
+    assert "comma-separated integers" in one_line_error(
+        eaas("generate", "--model", str(tiny_dir), "--prompt-ids", "1,x", check=False))
+    assert "does not exist" in one_line_error(eaas(*gen, str(tmp_path / "missing"), check=False))
+
+    unknown = tmp_path / "unknown"
+    shutil.copytree(tiny_dir, unknown)
+    cfg = json.loads((unknown / "config.json").read_text())
+    cfg["model_type"] = "gpt_bigbird"
+    (unknown / "config.json").write_text(json.dumps(cfg))
+    assert "unsupported architecture 'gpt_bigbird'" in one_line_error(eaas(*gen, str(unknown), check=False))
+
+    no_weights = tmp_path / "noweights"
+    shutil.copytree(tiny_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    assert "no *.safetensors" in one_line_error(eaas(*gen, str(no_weights), check=False))
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_dir, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert "corrupt safetensors" in one_line_error(eaas(*gen, str(corrupt), check=False))
+
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(tiny_dir, mismatch)
+    tensors = load_file(mismatch / "model.safetensors")
+    tensors["model.norm.weight"] = torch.ones(7)
+    save_file(tensors, mismatch / "model.safetensors", metadata={"format": "pt"})
+    assert "shape mismatch for model.norm.weight" in one_line_error(eaas(*gen, str(mismatch), check=False))
+
+
+def test_text_prompt_without_tokenizer_is_refused(tiny_dir, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_dir / name, bare / name)
+    err = one_line_error(eaas("generate", "--model", str(bare), "--prompt", "hi", check=False))
+    assert "has no tokenizer" in err
+    ok = json.loads(eaas("generate", "--model", str(bare), "--prompt-ids", "4,5", "--max-tokens", "3",
+                         "--ignore-eos", "--json").stdout)
+    assert len(ok["token_ids"]) == 3 and ok["text"] is None
+
+
+def test_sharded_checkpoint_with_index_loads(tmp_path):
+    from conftest import write_hf_checkpoint
+
+    model = write_hf_checkpoint(tmp_path / "one", "mixtral", seed=4)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")  # transformers' own sharding + index
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 3
+    runs = [json.loads(eaas("generate", "--model", str(tmp_path / d), "--prompt-ids", "3,4,5", "--max-tokens", "6",
+                            "--ignore-eos", "--json").stdout)["token_ids"] for d in ("one", "sharded")]
+    assert runs[0] == runs[1] and len(runs[0]) == 6
