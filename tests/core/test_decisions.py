@@ -27,8 +27,8 @@ def test_greedy_is_argmax_and_sampling_is_seeded():
     assert sample_next(logits, 0.0, 1.0, None) == 1
     draws = [sample_next(logits, 1.0, 1.0, torch.Generator().manual_seed(5)) for _ in range(3)]
     assert len(set(draws)) == 1
-    top_p = {sample_next(logits, 1.0, 0.5, torch.Generator().manual_seed(s)) for s in range(50)}
-    assert top_p == {1}  # token 1 alone carries >= 50% of the mass
+    top_p = {sample_next(logits, 1.0, 0.4, torch.Generator().manual_seed(s)) for s in range(50)}
+    assert top_p == {1}  # token 1 alone carries ~49% >= 40% of the mass
     wide = {sample_next(logits, 1.0, 1.0, torch.Generator().manual_seed(s)) for s in range(200)}
     assert {1, 3} <= wide
 
