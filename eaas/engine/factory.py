@@ -18,17 +18,18 @@ def quiet_transformers() -> None:
 
 
 def engine_with_backend(ckpt: Checkpoint, backend: ExpertBackend, dtype: str = "float32",
-                        limits: ScheduleLimits = ScheduleLimits()) -> LLMEngine:
+                        limits: ScheduleLimits = ScheduleLimits(), micro_batches: int = 1) -> LLMEngine:
     quiet_transformers()
-    return LLMEngine(load_dense_model(ckpt, backend, parse_dtype(dtype)), limits)
+    return LLMEngine(load_dense_model(ckpt, backend, parse_dtype(dtype)), limits, micro_batches)
 
 
-def monolithic_engine(model_dir: str | Path, dtype: str = "float32", limits: ScheduleLimits = ScheduleLimits()) -> LLMEngine:
+def monolithic_engine(model_dir: str | Path, dtype: str = "float32", limits: ScheduleLimits = ScheduleLimits(),
+                      micro_batches: int = 1) -> LLMEngine:
     """Dense model + every routed expert in this process, behind the same backend seam."""
     quiet_transformers()
     ckpt = Checkpoint(model_dir)
     experts = load_expert_weights(ckpt, dtype=parse_dtype(dtype))
-    return engine_with_backend(ckpt, LocalExpertBackend(experts), dtype, limits)
+    return engine_with_backend(ckpt, LocalExpertBackend(experts), dtype, limits, micro_batches)
 
 
 def load_tokenizer(model_dir: str | Path):

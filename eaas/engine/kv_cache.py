@@ -1,56 +1,113 @@
-"""Per-sequence KV cache, packed into one forward, exportable as fixed-size token blocks.
+"""KV cache in slots: every running sequence owns one slot of per-layer [slots, heads, capacity, dim]
+buffers, so a packed forward writes all new keys with one scatter and reads the batch with one gather.
 
-Each sequence owns, per layer, a (key, value) pair of growable buffers [heads, capacity, dim]
-(MLA layers cache their compressed latents the same way). A forward over many sequences writes
-each one's new tokens into its own buffers and hands attention a padded [B, heads, max_ctx, dim] view.
+MLA layers cache their compressed latents the same way (whatever the attention module hands to
+`update`). A sequence's cache is exportable as fixed-size token blocks (for the MemPool) and
+importable back.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
 from eaas.engine.layout import BatchLayout
 
 
-class SequenceKV:
-    """One sequence's cached keys/values for every layer."""
+class KVSlots:
+    """The shared store: lazily shaped per layer on first write, grown by doubling (slots or capacity)."""
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, initial_slots: int = 8, initial_capacity: int = 64):
+        self.num_layers = num_layers
         self.layers: list[list[torch.Tensor] | None] = [None] * num_layers
-        self.length = 0  # tokens whose K/V are stored (same in every layer after a full forward)
+        self.num_slots = initial_slots
+        self.capacity = initial_capacity
+        self._free = list(range(initial_slots - 1, -1, -1))
+        self._create_lock = threading.Lock()  # micro-batch threads may both reach a layer's first write
 
-    def _ensure(self, layer: int, k: torch.Tensor, v: torch.Tensor, needed: int) -> list[torch.Tensor]:
+    def new_sequence(self) -> "SequenceKV":
+        return SequenceKV(self)
+
+    def alloc(self) -> int:
+        if not self._free:
+            old = self.num_slots
+            self._resize(slots=2 * old)
+            self._free = list(range(2 * old - 1, old - 1, -1))
+        return self._free.pop()
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def reserve(self, tokens: int) -> None:
+        """Make room for `tokens` positions per slot. Not thread-safe: call before parallel forwards."""
+        if tokens > self.capacity:
+            cap = self.capacity
+            while cap < tokens:
+                cap *= 2
+            self._resize(capacity=cap)
+
+    def _resize(self, slots: int | None = None, capacity: int | None = None) -> None:
+        slots, capacity = slots or self.num_slots, capacity or self.capacity
+        for i, bufs in enumerate(self.layers):
+            if bufs is None:
+                continue
+            grown = []
+            for t in bufs:
+                new = t.new_zeros(slots, t.shape[1], capacity, t.shape[3])
+                new[:t.shape[0], :, :t.shape[2]] = t
+                grown.append(new)
+            self.layers[i] = grown
+        self.num_slots, self.capacity = slots, capacity
+
+    def buffers(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> list[torch.Tensor]:
+        """The layer's [K, V] buffers, created on first use with the shapes the module produces."""
         bufs = self.layers[layer]
-        if bufs is None or bufs[0].shape[1] < needed:
-            cap = max(16, needed, 2 * (bufs[0].shape[1] if bufs is not None else 0))
-            new = [k.new_empty(k.shape[0], cap, k.shape[-1]), v.new_empty(v.shape[0], cap, v.shape[-1])]
-            if bufs is not None:  # keep everything written so far (imports write before length moves)
-                old = bufs[0].shape[1]
-                new[0][:, :old] = bufs[0]
-                new[1][:, :old] = bufs[1]
-            self.layers[layer] = bufs = new
+        if bufs is None:
+            with self._create_lock:
+                bufs = self.layers[layer]
+                if bufs is None:
+                    bufs = [k.new_zeros(self.num_slots, k.shape[-3], self.capacity, k.shape[-1]),
+                            v.new_zeros(self.num_slots, v.shape[-3], self.capacity, v.shape[-1])]
+                    self.layers[layer] = bufs
         return bufs
 
+
+class SequenceKV:
+    """One sequence's view of the store: its slot and how many tokens are cached."""
+
+    def __init__(self, store: KVSlots):
+        self.store = store
+        self.slot = store.alloc()
+        self.length = 0
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.store.release(self.slot)
+            self.released = True
+
+    @torch.inference_mode()  # the store's buffers are inference tensors (made during forwards)
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """k [heads, n, dk], v [heads, n, dv] at positions start..start+n-1."""
-        n = k.shape[1]
-        bufs = self._ensure(layer, k, v, start + n)
-        bufs[0][:, start:start + n] = k
-        bufs[1][:, start:start + n] = v
+        self.store.reserve(start + k.shape[1])
+        bufs = self.store.buffers(layer, k, v)
+        bufs[0][self.slot, :, start:start + k.shape[1]] = k
+        bufs[1][self.slot, :, start:start + v.shape[1]] = v
 
-    def export_blocks(self, block_size: int, num_tokens: int | None = None) -> list[list[torch.Tensor]]:
-        """Full blocks of the first `num_tokens` cached tokens: block i = [k0, v0, k1, v1, ...] clones."""
+    def export_blocks(self, block_size: int, num_tokens: int | None = None, first_block: int = 0) -> list[list[torch.Tensor]]:
+        """Full blocks first_block.. of the first `num_tokens` cached tokens: [k0, v0, k1, v1, ...] clones."""
         n = self.length if num_tokens is None else min(num_tokens, self.length)
         blocks = []
-        for b in range(n // block_size):
+        for b in range(first_block, n // block_size):
             lo, hi = b * block_size, (b + 1) * block_size
-            blocks.append([t[:, lo:hi].clone() for bufs in self.layers for t in bufs])
+            blocks.append([t[self.slot, :, lo:hi].clone() for bufs in self.store.layers for t in bufs])
         return blocks
 
     def import_blocks(self, blocks: list[list[torch.Tensor]], block_size: int) -> None:
         """Load blocks (as given by export_blocks) as this sequence's first len(blocks)*block_size tokens."""
         for b, block in enumerate(blocks):
-            for layer in range(len(self.layers)):
+            for layer in range(self.store.num_layers):
                 self.write(layer, b * block_size, block[2 * layer], block[2 * layer + 1])
         self.length = len(blocks) * block_size
 
@@ -62,24 +119,26 @@ class PackedKVCache:
     """Duck-types transformers' Cache.update for one packed forward over several sequences."""
 
     def __init__(self, kvs: list[SequenceKV], layout: BatchLayout):
+        stores = {id(kv.store) for kv in kvs}
+        if len(stores) != 1:
+            raise ValueError("all sequences of one forward must share one KVSlots store")
+        self.store = kvs[0].store
         self.kvs = kvs
         self.layout = layout
+        self.store.reserve(layout.max_context)
+        slots = torch.tensor([kv.slot for kv in kvs], dtype=torch.long)
+        self.batch_slots = slots
+        self.token_slots = slots.repeat_interleave(torch.tensor(layout.new))  # [T]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        lay = self.layout
-        k_all, v_all = key_states[0], value_states[0]  # [heads, T, dim]
-        for i, kv in enumerate(self.kvs):
-            lo, hi = lay.token_offsets[i], lay.token_offsets[i + 1]
-            kv.write(layer_idx, lay.cached[i], k_all[:, lo:hi], v_all[:, lo:hi])
-        B, max_k = len(self.kvs), lay.max_context
-        k_pad = key_states.new_zeros(B, k_all.shape[0], max_k, k_all.shape[-1])
-        v_pad = value_states.new_zeros(B, v_all.shape[0], max_k, v_all.shape[-1])
-        for i, kv in enumerate(self.kvs):
-            n = lay.context[i]
-            bufs = kv.layers[layer_idx]
-            k_pad[i, :, :n] = bufs[0][:, :n]
-            v_pad[i, :, :n] = bufs[1][:, :n]
-        return k_pad, v_pad
+        k_new = key_states[0].transpose(0, 1)  # [T, heads, dim]
+        v_new = value_states[0].transpose(0, 1)
+        kb, vb = self.store.buffers(layer_idx, key_states, value_states)
+        pos = self.layout.positions
+        kb[self.token_slots, :, pos] = k_new
+        vb[self.token_slots, :, pos] = v_new
+        n = self.layout.max_context
+        return kb[:, :, :n].index_select(0, self.batch_slots), vb[:, :, :n].index_select(0, self.batch_slots)
 
     def commit(self) -> None:
         """After the forward: every sequence now caches its new tokens too."""

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import torch
+
+from eaas.engine.kv_cache import KVSlots
 from eaas.engine.model_runner import ModelRunner
 from eaas.engine.sampler import sample_next
 from eaas.engine.scheduler import ScheduleLimits, schedule
@@ -23,15 +27,28 @@ class StepOutput:
     finished: bool
 
 
+def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges cutting n items into at most `parts` non-empty, near-equal runs."""
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
 class LLMEngine:
-    def __init__(self, model: DenseModel, limits: ScheduleLimits = ScheduleLimits()):
+    def __init__(self, model: DenseModel, limits: ScheduleLimits = ScheduleLimits(), micro_batches: int = 1):
         self.model = model
         self.runner = ModelRunner(model)
         self.limits = limits
+        # micro_batches > 1: split each step into disjoint sub-batches run in parallel threads, so one
+        # computes attention while another waits on remote experts (MegaScale-Infer's ping-pong).
+        self.micro_batches = max(1, micro_batches)
+        self._pool = ThreadPoolExecutor(self.micro_batches, "eaas-mb") if self.micro_batches > 1 else None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.eos_ids = model.eos_token_ids
         self.num_layers = model.config.num_hidden_layers
+        self.kv_slots = KVSlots(self.num_layers, initial_slots=min(limits.max_num_seqs, 64))
+        self._finished_kv: list = []  # released at the next step, so callers can still export them
 
     # --- requests -------------------------------------------------------------------------------
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
@@ -52,7 +69,7 @@ class LLMEngine:
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "") -> Sequence:
         self.check_request(prompt_ids, params)
-        seq = Sequence([int(t) for t in prompt_ids], params, self.num_layers, request_id=request_id)
+        seq = Sequence([int(t) for t in prompt_ids], params, self.kv_slots, request_id=request_id)
         self.waiting.append(seq)
         return seq
 
@@ -68,6 +85,9 @@ class LLMEngine:
 
     # --- one step -------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
+        for kv in self._finished_kv:
+            kv.release()
+        self._finished_kv.clear()
         waiting = list(self.waiting)
         picked, admitted = schedule([s.num_uncached for s in self.running],
                                     [s.num_uncached for s in waiting], self.limits)
@@ -80,16 +100,14 @@ class LLMEngine:
         candidates = self.running  # running first, then the ones just admitted, in the same order
         batch = [candidates[p.index] for p in picked]
         counts = [p.tokens for p in picked]
-        input_ids: list[int] = []
-        for seq, n in zip(batch, counts):
-            start = seq.num_cached
-            input_ids.extend(seq.token_ids[start:start + n])
-        logits = self.runner.forward(input_ids, [s.kv for s in batch], counts)
+        logits = self._forward(batch, counts)
+        greedy = logits.argmax(-1).tolist()  # one op for every greedy sequence
         outputs = []
         for i, seq in enumerate(batch):
             if seq.num_uncached > 0:  # mid-prompt chunk: nothing to sample yet
                 continue
-            token = sample_next(logits[i], seq.params.temperature, seq.params.top_p, seq.generator)
+            p = seq.params
+            token = greedy[i] if p.temperature <= 0 else sample_next(logits[i], p.temperature, p.top_p, seq.generator)
             seq.output_ids.append(token)
             reason = self._stop_reason(seq, token)
             if reason:
@@ -97,6 +115,22 @@ class LLMEngine:
                 self._finish(seq, reason)
             outputs.append(StepOutput(seq, token, reason is not None))
         return outputs
+
+    def _forward(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
+        """Last-token logits [B, V] of the batch, in micro-batches when configured."""
+        self.kv_slots.reserve(max(s.num_cached + n for s, n in zip(batch, counts)))  # grow before threads
+        parts = split_evenly(len(batch), self.micro_batches)
+        jobs = [(batch[lo:hi], counts[lo:hi]) for lo, hi in parts]
+        if len(jobs) == 1:
+            return self._forward_one(*jobs[0])
+        return torch.cat(list(self._pool.map(lambda job: self._forward_one(*job), jobs)))
+
+    def _forward_one(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
+        input_ids: list[int] = []
+        for seq, n in zip(batch, counts):
+            start = seq.num_cached
+            input_ids.extend(seq.token_ids[start:start + n])
+        return self.runner.forward(input_ids, [s.kv for s in batch], counts)
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
@@ -106,10 +140,10 @@ class LLMEngine:
             return "length"
         return None
 
-    @staticmethod
-    def _finish(seq: Sequence, reason: str) -> None:
+    def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status = Status.FINISHED
         seq.finish_reason = reason
+        self._finished_kv.append(seq.kv)
 
     # --- convenience ----------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:

@@ -8,7 +8,7 @@ from enum import Enum
 
 import torch
 
-from eaas.engine.kv_cache import SequenceKV
+from eaas.engine.kv_cache import KVSlots, SequenceKV
 
 _ids = itertools.count()
 
@@ -41,7 +41,7 @@ class Status(Enum):
 class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
-    num_layers: int
+    kv_store: KVSlots
     request_id: str = ""
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
@@ -51,7 +51,7 @@ class Sequence:
     generator: torch.Generator | None = field(init=False, default=None)
 
     def __post_init__(self):
-        self.kv = SequenceKV(self.num_layers)
+        self.kv = self.kv_store.new_sequence()
         if self.params.temperature > 0:
             self.generator = torch.Generator()
             seed = self.params.seed if self.params.seed is not None else torch.seed()

@@ -18,6 +18,10 @@ from eaas.model.checkpoint import Checkpoint
 from eaas.model.families import num_routed_experts
 
 
+_BMM_MAX_EXPERTS = 16   # padded bmm pays off while the grid stays small (decode steps, few experts held)
+_BMM_MAX_PAIRS = 1024
+
+
 @dataclass
 class LayerExperts:
     """The experts of one MoE layer held by this process, fused as transformers 5 fuses them in memory."""
@@ -50,20 +54,44 @@ class ExpertWeights:
         if lx is None:
             raise KeyError(f"layer {layer} is not held here")
         out = torch.zeros_like(hidden)
-        if hidden.shape[0] == 0:
+        k = expert_ids.shape[1] if expert_ids.dim() == 2 else 1
+        slots = lx.slot_of[expert_ids.long().clamp(min=-1)].reshape(-1)  # id -1 -> last entry -> -1
+        picked = (slots >= 0).nonzero().squeeze(1)
+        if picked.numel() == 0:
             return out
-        ids = expert_ids.long().clamp(min=-1)
-        slots = lx.slot_of[ids]  # id -1 indexes the last entry, which is -1
-        for slot in torch.unique(slots).tolist():
-            if slot < 0:
-                continue
-            pos, token_idx = torch.where(slots.t() == slot)  # slot-major order, as transformers does
-            x = hidden[token_idx]
-            gate, up = nn.functional.linear(x, lx.gate_up[slot]).chunk(2, dim=-1)
-            y = nn.functional.linear(self.act_fn(gate) * up, lx.down[slot])
-            y = y * weights[token_idx, pos, None]
-            out.index_add_(0, token_idx, y.to(out.dtype))
+        # group the (token, slot) pairs by expert: one sort instead of one search per expert
+        slot_sorted, order = torch.sort(slots[picked], stable=True)
+        picked = picked[order]
+        tokens = picked // k
+        x = hidden[tokens]
+        counts = torch.bincount(slot_sorted, minlength=len(lx.expert_ids))
+        if len(lx.expert_ids) <= _BMM_MAX_EXPERTS and picked.numel() <= _BMM_MAX_PAIRS:
+            y = self._ffn_padded(lx, x, slot_sorted, counts)
+        else:
+            y = self._ffn_per_expert(lx, x, counts.tolist())
+        y = y * weights.reshape(-1)[picked, None]
+        out.index_add_(0, tokens, y.to(out.dtype))
         return out
+
+    def _ffn_padded(self, lx: LayerExperts, x, slot_sorted, counts) -> torch.Tensor:
+        """Small batches: every held expert in one bmm over a [experts, max_count, D] padded grid."""
+        starts = torch.cumsum(counts, 0) - counts
+        within = torch.arange(x.shape[0]) - starts[slot_sorted]
+        grid = x.new_zeros(len(lx.expert_ids), int(counts.max()), x.shape[1])
+        grid[slot_sorted, within] = x
+        gate, up = torch.bmm(grid, lx.gate_up.transpose(1, 2)).chunk(2, dim=-1)
+        y = torch.bmm(self.act_fn(gate) * up, lx.down.transpose(1, 2))
+        return y[slot_sorted, within]
+
+    def _ffn_per_expert(self, lx: LayerExperts, x, counts: list[int]) -> torch.Tensor:
+        """Large batches: one contiguous slice per expert, no padding."""
+        parts, lo = [], 0
+        for slot, n in enumerate(counts):
+            if n:
+                gate, up = nn.functional.linear(x[lo:lo + n], lx.gate_up[slot]).chunk(2, dim=-1)
+                parts.append(nn.functional.linear(self.act_fn(gate) * up, lx.down[slot]))
+                lo += n
+        return torch.cat(parts)
 
 
 def load_expert_weights(ckpt: Checkpoint, expert_ids: list[int] | None = None, layers: list[int] | None = None,

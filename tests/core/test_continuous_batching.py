@@ -59,3 +59,15 @@ def test_max_num_seqs_bounds_the_batch_and_queues_the_rest(mixtral_dir):
         engine.step()
         assert len(engine.running) <= 2
     assert all(len(s.output_ids) == 3 and s.finish_reason == "length" for s in seqs)
+
+
+def test_micro_batched_steps_give_the_same_tokens(mixtral_dir):
+    from eaas.engine.llm_engine import split_evenly
+
+    assert split_evenly(5, 2) == [(0, 2), (2, 5)]
+    assert split_evenly(6, 3) == [(0, 2), (2, 4), (4, 6)]
+    assert split_evenly(1, 2) == [(0, 1)]
+    prompts = [[i + 1] * (i + 2) for i in range(7)]
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    plain = monolithic_engine(mixtral_dir).generate(prompts, params)
+    assert monolithic_engine(mixtral_dir, micro_batches=2).generate(prompts, params) == plain

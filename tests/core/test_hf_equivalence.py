@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from eaas.engine.factory import monolithic_engine
-from eaas.engine.kv_cache import SequenceKV
 from eaas.engine.sequence import SamplingParams
 
 PROMPTS = [[5, 17, 42], list(range(10, 31)), [7] * 9, [100, 3, 250, 9, 1, 2], [300]]
@@ -32,7 +31,7 @@ def test_prefill_and_decode_logits_match_transformers(hf_checkpoint):
     arch, path, hf = hf_checkpoint
     engine = monolithic_engine(path)
     prompt = PROMPTS[1]
-    kv = SequenceKV(engine.num_layers)
+    kv = engine.kv_slots.new_sequence()
     ours = engine.runner.forward(prompt[:-3], [kv], [len(prompt) - 3], all_logits=True)
     for t in prompt[-3:]:  # three decode steps against the cache
         ours = torch.cat([ours, engine.runner.forward([t], [kv], [1])])

@@ -37,7 +37,7 @@ def test_blocks_are_exact_copies_of_the_cache(mixtral_dir):
     seq = engine.add_request(list(range(1, 34)), SamplingParams(max_tokens=1))
     engine.step()
     blocks = seq.kv.export_blocks(BLOCK)
-    k0 = seq.kv.layers[0][0]
+    k0 = seq.kv.store.layers[0][0][seq.kv.slot]
     assert torch.equal(blocks[1][0], k0[:, BLOCK:2 * BLOCK])
     blocks[1][0].zero_()  # exports are copies: the live cache is untouched
     assert not torch.equal(blocks[1][0], k0[:, BLOCK:2 * BLOCK])

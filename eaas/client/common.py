@@ -1,0 +1,82 @@
+"""What the sync and asyncio clients share: request building, retry decisions, errors, results."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+
+from eaas.protos import gateway_pb2
+
+# UNAVAILABLE: the gateway is gone or has no replica for an expert; a stream cut by a dying gateway
+# may also surface as UNKNOWN/INTERNAL ("RST_STREAM", "Socket closed") — all worth another gateway.
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+
+
+class GenerationError(Exception):
+    """A generation that failed for good (bad request, or every gateway failed); `code` is a grpc.StatusCode."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.details = message
+
+
+@dataclass
+class Chunk:
+    token_ids: list[int]
+    text: str
+    index: int
+    finish_reason: str | None
+
+
+@dataclass
+class Completion:
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    resumes: int = 0  # how many times the stream moved to another gateway
+
+    def add(self, chunk: Chunk) -> None:
+        self.token_ids.extend(chunk.token_ids)
+        self.text += chunk.text
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+
+
+def build_request(prompt_ids=None, prompt=None, max_tokens=16, temperature=0.0, top_p=1.0, seed=None,
+                  stop_token_ids=(), ignore_eos=False, session_id="", request_id="") -> gateway_pb2.GenerateRequest:
+    if (prompt_ids is None) == (prompt is None):
+        raise ValueError("give exactly one of prompt_ids or prompt")
+    req = gateway_pb2.GenerateRequest(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                      stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos,
+                                      session_id=session_id or uuid.uuid4().hex,
+                                      request_id=request_id or uuid.uuid4().hex)
+    if prompt_ids is not None:
+        req.prompt_ids.extend(int(t) for t in prompt_ids)
+    else:
+        req.prompt = prompt
+    if seed is not None:
+        req.seed = seed
+    return req
+
+
+def resumed_request(req: gateway_pb2.GenerateRequest, received: list[int]) -> gateway_pb2.GenerateRequest:
+    """The same request, continuing after the tokens already received (same session id)."""
+    again = gateway_pb2.GenerateRequest()
+    again.CopyFrom(req)
+    del again.resume_token_ids[:]
+    again.resume_token_ids.extend(received)
+    return again
+
+
+def to_chunk(msg: gateway_pb2.GenerateResponse) -> Chunk:
+    return Chunk(list(msg.token_ids), msg.text, msg.index, msg.finish_reason or None)
+
+
+def normalize_addresses(addresses) -> list[str]:
+    addrs = [addresses] if isinstance(addresses, str) else list(addresses)
+    addrs = [a.strip() for a in addrs if a and a.strip()]
+    if not addrs:
+        raise ValueError("at least one gateway address is needed")
+    return addrs

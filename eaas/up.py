@@ -1,0 +1,210 @@
+"""`eaas up`: the whole system on one machine — expert servers as separate processes, then gateway(s).
+
+Waits until every process answers gRPC health, prints the addresses, and stops everything on
+Ctrl-C/SIGTERM. `--demo` streams one completion through the SDK and exits (what `make run` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eaas.errors import UserError
+from eaas.topology import expert_groups, format_expert_ids
+
+BUILTIN_DIR = Path(os.environ.get("EAAS_CACHE", Path.home() / ".cache" / "eaas")) / "builtin-tiny-mixtral"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR", help="HF checkpoint directory (default: a built-in tiny Mixtral)")
+    p.add_argument("--experts-per-server", type=int, default=4, help="experts per expert group (default 4)")
+    p.add_argument("--expert-replicas", type=int, default=2, help="replicas (processes) per group (default 2)")
+    p.add_argument("--gateways", type=int, default=1, help="gateway processes sharing one MemPool (default 1)")
+    p.add_argument("--host", default="127.0.0.1", help="address every process binds (default 127.0.0.1)")
+    p.add_argument("--grpc-port", type=int, default=50050, help="first gateway's gRPC port (default 50050)")
+    p.add_argument("--http-port", type=int, default=8000, help="first gateway's HTTP port (default 8000)")
+    p.add_argument("--expert-base-port", type=int, default=51000, help="expert servers use ports from here")
+    p.add_argument("--redis", metavar="URL", help="Redis for the MemPool; with --gateways > 1 and no URL a "
+                   "local redis-server is started")
+    p.add_argument("--dtype", default="float32", help="float32|bfloat16|float16")
+    p.add_argument("--demo", action="store_true", help="stream one completion through the SDK, then stop")
+    p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for health (default 180)")
+
+
+@dataclass
+class Fleet:
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    tmp: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="eaas-up-"))
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(Path(self.tmp) / f"{name}.log", "wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 5) -> str:
+        path = Path(self.tmp) / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for _, p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for _, p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_healthy(fleet: Fleet, name: str, proc: subprocess.Popen, address: str, timeout_s: float) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise UserError(f"{name} exited with code {proc.returncode}: {fleet.log_tail(name, 1)}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise UserError(f"{name} at {address} not healthy after {timeout_s:.0f}s")
+
+
+def builtin_model() -> Path:
+    if not (BUILTIN_DIR / "config.json").is_file():
+        from eaas.model.tiny import write_tiny_model
+
+        print(f"writing the built-in tiny Mixtral to {BUILTIN_DIR}", flush=True)
+        write_tiny_model(BUILTIN_DIR, "mixtral", seed=0, hidden_size=128, layers=4, experts=8, top_k=2)
+    return BUILTIN_DIR
+
+
+def run(args) -> int:
+    from eaas.model.checkpoint import Checkpoint
+    from eaas.model.families import num_routed_experts
+
+    for flag in ("experts_per_server", "expert_replicas", "gateways"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
+    model = Path(args.model) if args.model else builtin_model()
+    num_experts = num_routed_experts(Checkpoint(model).config)
+    groups = expert_groups(num_experts, args.experts_per_server)
+    fleet = Fleet()
+    py = [sys.executable, "-m", "eaas.cli"]
+    try:
+        redis_url = args.redis
+        if args.gateways > 1 and not redis_url:
+            redis_url = _start_local_redis(fleet, args.host)
+        spec, port = [], args.expert_base_port
+        experts: list[tuple[str, subprocess.Popen, str]] = []
+        for g in groups:
+            addrs = []
+            for r in range(args.expert_replicas):
+                name, address = f"expert-{g.name}-r{r}", f"{args.host}:{port}"
+                argv = py + ["expert-server", "--model", str(model), "--experts", format_expert_ids(g.experts),
+                             "--host", args.host, "--port", str(port), "--metrics-port", "0", "--group", g.name,
+                             "--deployment", "local", "--dtype", args.dtype]
+                if redis_url:
+                    argv += ["--redis", redis_url]
+                experts.append((name, fleet.spawn(name, argv), address))
+                addrs.append(address)
+                port += 1
+            spec.append(f"{format_expert_ids(g.experts)}={','.join(addrs)}")
+        for name, proc, address in experts:
+            wait_healthy(fleet, name, proc, address, args.ready_timeout)
+        gateways = []
+        for i in range(args.gateways):
+            name = f"gateway-{i}"
+            grpc_addr = f"{args.host}:{args.grpc_port + i}"
+            argv = py + ["gateway", "--model", str(model), "--expert-servers", ";".join(spec), "--host", args.host,
+                         "--grpc-port", str(args.grpc_port + i), "--http-port", str(args.http_port + i),
+                         "--dtype", args.dtype]
+            if redis_url:
+                argv += ["--redis", redis_url]
+            gateways.append((name, fleet.spawn(name, argv), grpc_addr))
+        for name, proc, address in gateways:
+            wait_healthy(fleet, name, proc, address, args.ready_timeout)
+        print(f"eaas up: {len(groups)} expert groups x {args.expert_replicas} replicas "
+              f"({len(experts)} expert processes), model {model}", flush=True)
+        for g, s in zip(groups, spec):
+            print(f"  {g.name}: experts {s}", flush=True)
+        for i, (_, _, address) in enumerate(gateways):
+            print(f"  gateway-{i}: grpc {address}  http http://{args.host}:{args.http_port + i}/v1", flush=True)
+        if redis_url:
+            print(f"  mempool: {redis_url}", flush=True)
+        print(f"  logs: {fleet.tmp}", flush=True)
+        if args.demo:
+            return _demo([a for _, _, a in gateways])
+        print("ready; Ctrl-C stops everything", flush=True)
+        _wait_for_signal(fleet)
+        return 0
+    finally:
+        fleet.stop()
+
+
+def _start_local_redis(fleet: Fleet, host: str) -> str:
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise UserError("--gateways > 1 needs a shared MemPool: pass --redis URL or install redis-server")
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    fleet.spawn("redis", [binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return f"redis://{host}:{port}/0"
+        except OSError:
+            time.sleep(0.1)
+    raise UserError("the local redis-server did not start")
+
+
+def _demo(addresses: list[str]) -> int:
+    from eaas.client import SyncClient
+
+    prompt = "The experts"
+    print(f"\ndemo: streaming a completion of {prompt!r} through {addresses[0]}", flush=True)
+    with SyncClient(addresses, timeout=120) as client:
+        ids = []
+        for chunk in client.generate_stream(prompt=prompt, max_tokens=24, ignore_eos=True):
+            ids.extend(chunk.token_ids)
+            print(f"{chunk.token_ids[0]} ", end="", flush=True)
+        print(f"\ndemo: {len(ids)} tokens, finish_reason={chunk.finish_reason}", flush=True)
+    return 0
+
+
+def _wait_for_signal(fleet: Fleet) -> None:
+    stop = {"now": False}
+
+    def handler(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    reported: set[str] = set()
+    while not stop["now"]:
+        for name, proc in fleet.procs:
+            if proc.poll() is not None and name not in reported:
+                reported.add(name)
+                print(f"{name} exited with code {proc.returncode}", flush=True)
+        time.sleep(0.5)

@@ -1,0 +1,53 @@
+"""`eaas gateway`: serve the dense model with remote experts (gRPC Generate + OpenAI HTTP)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from eaas.errors import UserError
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR", help="HF checkpoint directory (dense weights are read)")
+    src = p.add_argument_group("where the expert replicas are (registry first, then topology or the static list)")
+    src.add_argument("--expert-servers", metavar="SPEC",
+                     help="static table: '0-3=host:port,host:port;4-7=host:port' (expert ids = replicas)")
+    src.add_argument("--topology", metavar="FILE",
+                     help="the operator's topology.json: groups resolved via their headless Services' DNS")
+    src.add_argument("--redis", metavar="URL", help="Redis of the MemPool: registry, KV blocks, load statistics "
+                     "(redis://, rediss://); without it the KV pool is in-process")
+    p.add_argument("--deployment", default="local", help="deployment name (Redis key prefix), default 'local'")
+    p.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    p.add_argument("--grpc-port", type=int, default=50050, help="gRPC port (default 50050; 0 = any free port)")
+    p.add_argument("--http-port", type=int, default=8000, help="OpenAI-compatible HTTP + /metrics port (default 8000)")
+    p.add_argument("--dtype", default="float32", help="dense weights dtype: float32|bfloat16|float16")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="sequences per batch at most (default 256)")
+    p.add_argument("--max-batched-tokens", type=int, default=4096, help="tokens per step at most (default 4096)")
+    p.add_argument("--micro-batches", type=int, default=2,
+                   help="split each step into N micro-batches that overlap compute with expert RPCs (default 2)")
+    p.add_argument("--no-prefix-cache", action="store_true", help="disable KV prefix caching in the MemPool")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def run(args) -> int:
+    from eaas.gateway.server import Gateway, GatewayOptions
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not (args.expert_servers or args.topology or args.redis):
+        raise UserError("tell the gateway where the experts are: --expert-servers, --topology or --redis")
+    opts = GatewayOptions(model=args.model, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                          expert_servers=args.expert_servers, topology=args.topology, redis=args.redis,
+                          deployment=args.deployment, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+                          max_batched_tokens=args.max_batched_tokens, micro_batches=args.micro_batches,
+                          prefix_cache=not args.no_prefix_cache)
+    if opts.expert_servers:
+        from eaas.gateway.discovery import parse_expert_servers
+
+        parse_expert_servers(opts.expert_servers)  # a bad spec fails now, with one line
+    try:
+        asyncio.run(Gateway(opts).serve())
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    return 0

@@ -1,0 +1,53 @@
+"""The gateway's gRPC API: `Gateway.Generate` streams tokens from the EngineService."""
+
+from __future__ import annotations
+
+import grpc
+
+from eaas.engine.llm_engine import RequestError
+from eaas.engine.sequence import SamplingParams
+from eaas.gateway.engine_service import EngineService, GenerationFailed
+from eaas.protos import gateway_pb2, gateway_pb2_grpc
+
+DEFAULT_MAX_TOKENS = 16
+_CODES = {"unavailable": grpc.StatusCode.UNAVAILABLE, "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+          "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def sampling_params(req: gateway_pb2.GenerateRequest) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=req.max_tokens or DEFAULT_MAX_TOKENS,
+        temperature=req.temperature if req.HasField("temperature") else 0.0,
+        top_p=req.top_p if req.HasField("top_p") else 1.0,
+        seed=req.seed if req.HasField("seed") else None,
+        stop_token_ids=tuple(req.stop_token_ids),
+        ignore_eos=req.ignore_eos,
+    )
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, service: EngineService, model_name: str, info: gateway_pb2.GatewayInfo):
+        self.service = service
+        self.model_name = model_name
+        self.info = info
+
+    async def Generate(self, request, context):
+        try:
+            if request.prompt_ids:
+                prompt_ids = list(request.prompt_ids)
+            elif request.HasField("prompt"):
+                prompt_ids = self.service.encode(request.prompt)
+            else:
+                raise RequestError("empty request: give prompt_ids or prompt")
+            params = sampling_params(request)
+            async for event in self.service.generate(prompt_ids, params, request.request_id,
+                                                     resume_ids=list(request.resume_token_ids)):
+                yield gateway_pb2.GenerateResponse(token_ids=event.token_ids, text=event.text,
+                                                   finish_reason=event.finish_reason or "", index=event.index)
+        except RequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except GenerationFailed as exc:
+            await context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+
+    async def Info(self, request, context):
+        return self.info

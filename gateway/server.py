@@ -1,0 +1,200 @@
+"""Assembles a gateway process: checkpoint -> remote expert backend -> engine thread -> gRPC + HTTP.
+
+Background tasks keep the replica table fresh (Redis registry or the operator's topology), push the
+per-expert routed-token counts to Prometheus and to the load statistics the autoscaler reads, and a
+SIGTERM drains in-flight requests before exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from eaas.engine.factory import engine_with_backend, load_tokenizer
+from eaas.engine.scheduler import ScheduleLimits
+from eaas.gateway import discovery
+from eaas.gateway.engine_service import EngineService
+from eaas.gateway.grpc_api import GatewayServicer
+from eaas.gateway.remote_backend import RemoteExpertBackend
+from eaas.gateway.routing_counter import RoutingCounter
+from eaas.model.checkpoint import Checkpoint
+from eaas.model.families import num_routed_experts
+from eaas.protos import gateway_pb2, gateway_pb2_grpc
+from eaas.topology import format_expert_ids
+
+log = logging.getLogger("eaas.gateway")
+GATEWAY_SERVICE = "eaas.v1.Gateway"
+
+
+@dataclass
+class GatewayOptions:
+    model: str
+    host: str = "0.0.0.0"
+    grpc_port: int = 50050
+    http_port: int = 8000
+    expert_servers: str | None = None
+    topology: str | None = None
+    redis: str | None = None
+    deployment: str = "local"
+    dtype: str = "float32"
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 4096
+    micro_batches: int = 2
+    prefix_cache: bool = True
+    block_size: int = 16
+    refresh_s: float = 2.0
+    drain_s: float = 30.0
+
+
+class Gateway:
+    def __init__(self, opts: GatewayOptions):
+        self.opts = opts
+        self.ckpt = Checkpoint(opts.model)
+        self.fingerprint = self.ckpt.fingerprint()
+        self.num_experts = num_routed_experts(self.ckpt.config)
+        self.topology = discovery.load_topology(opts.topology) if opts.topology else None
+        self.registry = None
+        if opts.redis:
+            from eaas.mempool import RegistryReader
+
+            self.registry = RegistryReader.from_url(opts.redis, deployment=opts.deployment)
+        self.backend: RemoteExpertBackend | None = None
+        self.service: EngineService | None = None
+        self.counter = RoutingCounter(self.num_experts)
+        self._stopping = asyncio.Event()
+
+    # --- replica table --------------------------------------------------------------------------
+    async def current_groups(self) -> list:
+        if self.registry is not None:
+            groups = discovery.groups_from_registry(await self.registry.replicas(), self.fingerprint)
+            if discovery.usable(groups, self.num_experts):
+                return groups
+        if self.topology is not None:
+            return await asyncio.to_thread(discovery.groups_from_topology, self.topology)
+        if self.opts.expert_servers:
+            return discovery.parse_expert_servers(self.opts.expert_servers)
+        return []
+
+    async def _wait_for_table(self, timeout_s: float = 120.0) -> list:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            groups = await self.current_groups()
+            if discovery.usable(groups, self.num_experts):
+                return groups
+            if asyncio.get_running_loop().time() > deadline:
+                have = sorted({e for g in groups if g.addresses for e in g.expert_ids})
+                raise RuntimeError(f"no expert replicas for every expert after {timeout_s:.0f}s "
+                                   f"(have experts {format_expert_ids(have) or 'none'} of 0-{self.num_experts - 1})")
+            await asyncio.sleep(0.5)
+
+    async def _refresh_loop(self) -> None:
+        last = None
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.opts.refresh_s)
+            try:
+                groups = await self.current_groups()
+                if groups != last and discovery.usable(groups, self.num_experts):
+                    await asyncio.to_thread(self.backend.update_table, groups)
+                    log.info("replica table: %s", discovery.format_expert_servers(groups))
+                    last = groups
+            except Exception as exc:  # discovery trouble never stops serving: keep the last table
+                log.warning("replica table refresh failed: %s", exc)
+
+    # --- load statistics ------------------------------------------------------------------------
+    async def _load_loop(self, recorder) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(1.0)
+            counts = self.counter.drain()
+            if counts:
+                self.service.metrics.add_routed(counts)
+                if recorder is not None:
+                    recorder.add(counts)
+
+    # --- serving --------------------------------------------------------------------------------
+    def _build_engine(self, groups) -> EngineService:
+        self.backend = RemoteExpertBackend(groups, fingerprint=self.fingerprint, layers=self.ckpt.moe_layers())
+        o = self.opts
+        engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
+                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches)
+        engine.model.set_observer(self.counter.observe)
+        kv_pool = None
+        if o.prefix_cache:
+            from eaas.mempool import SyncKVPool
+
+            kv_pool = SyncKVPool.from_url(o.redis, deployment=o.deployment, fingerprint=self.fingerprint,
+                                          block_size=o.block_size)
+        return EngineService(engine, load_tokenizer(o.model), kv_pool)
+
+    def gateway_info(self) -> gateway_pb2.GatewayInfo:
+        groups = [f"{g.name}={format_expert_ids(g.expert_ids)}" for g in self.backend_groups()]
+        return gateway_pb2.GatewayInfo(model_name=self.model_name, model_fingerprint=self.fingerprint,
+                                       model_type=self.ckpt.family.model_type, num_experts=self.num_experts,
+                                       expert_groups=groups)
+
+    def backend_groups(self):
+        return [g.spec for g in self.backend._groups] if self.backend else []
+
+    @property
+    def model_name(self) -> str:
+        return self.ckpt.path.name
+
+    async def serve(self) -> None:
+        o = self.opts
+        groups = await self._wait_for_table()
+        self.service = await asyncio.to_thread(self._build_engine, groups)
+        self.service.start()
+
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
+        gateway_pb2_grpc.add_GatewayServicer_to_server(
+            GatewayServicer(self.service, self.model_name, self.gateway_info()), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection([GATEWAY_SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+        grpc_port = server.add_insecure_port(f"{o.host}:{o.grpc_port}")
+        await server.start()
+
+        from aiohttp import web
+
+        from eaas.gateway.openai_http import build_http_app
+
+        runner = web.AppRunner(build_http_app(self.service, self.model_name))
+        await runner.setup()
+        site = web.TCPSite(runner, o.host, o.http_port)
+        await site.start()
+        for svc in ("", GATEWAY_SERVICE):
+            await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        http_port = runner.addresses[0][1] if runner.addresses else o.http_port
+        log.info("gateway ready grpc=%s:%d http=%s:%d model=%s fingerprint=%s groups=%s", o.host, grpc_port,
+                 o.host, http_port, self.model_name, self.fingerprint, discovery.format_expert_servers(groups))
+        print(f"eaas gateway ready: grpc {o.host}:{grpc_port} http http://{o.host}:{http_port}", flush=True)
+
+        recorder = None
+        if o.redis:
+            from eaas.mempool import LoadRecorder
+
+            recorder = LoadRecorder.from_url(o.redis, deployment=o.deployment)
+            recorder.start()
+        tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._load_loop(recorder))]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self._stopping.wait()
+
+        log.info("draining: %d requests in flight", self.service.busy)
+        for svc in ("", GATEWAY_SERVICE):
+            await health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(grace=o.drain_s)  # refuses new RPCs, lets streams finish
+        await runner.cleanup()
+        for t in tasks:
+            t.cancel()
+        if recorder is not None:
+            await recorder.stop()
+        self.service.stop()
+        self.backend.close()
+        log.info("gateway stopped")
