@@ -25,14 +25,12 @@ class GatewayMetrics:
                 "running": Gauge("eaas_gateway_running_sequences", "Sequences in the running batch"),
                 "reused": Counter("eaas_gateway_prefill_tokens_reused_total",
                                   "Prompt tokens whose KV came from the MemPool instead of prefill"),
-                "routed": Counter("eaas_gateway_tokens_routed_total", "Token-slots routed to each expert id "
-                                  "(summed over MoE layers)", ["expert"]),
             }
         m = GatewayMetrics._shared
         self.requests, self.in_progress = m["requests"], m["in_progress"]
         self.ttft, self.itl, self.tokens_generated = m["ttft"], m["itl"], m["tokens"]
         self.waiting, self.running = m["waiting"], m["running"]
-        self.prefill_tokens_reused, self.routed = m["reused"], m["routed"]
+        self.prefill_tokens_reused = m["reused"]  # per-expert routing: eaas_gateway_tokens_routed_total (remote backend)
 
     def requests_started(self) -> None:
         self.in_progress.inc()
@@ -44,7 +42,3 @@ class GatewayMetrics:
     def set_queue(self, waiting: int, running: int) -> None:
         self.waiting.set(waiting)
         self.running.set(running)
-
-    def add_routed(self, counts: dict[int, int]) -> None:
-        for expert, n in counts.items():
-            self.routed.labels(str(expert)).inc(n)

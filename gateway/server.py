@@ -111,10 +111,8 @@ class Gateway:
         while not self._stopping.is_set():
             await asyncio.sleep(1.0)
             counts = self.counter.drain()
-            if counts:
-                self.service.metrics.add_routed(counts)
-                if recorder is not None:
-                    recorder.add(counts)
+            if counts and recorder is not None:
+                recorder.add(counts)
 
     # --- serving --------------------------------------------------------------------------------
     def _build_engine(self, groups) -> EngineService:
@@ -122,7 +120,8 @@ class Gateway:
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
                                      ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches)
-        engine.model.set_observer(self.counter.observe)
+        if o.redis:  # per-expert load for the autoscaler (Prometheus gets it from the remote backend)
+            engine.model.set_observer(self.counter.observe)
         kv_pool = None
         if o.prefix_cache:
             from eaas.mempool import SyncKVPool

@@ -114,7 +114,7 @@ def test_text_prompt_without_tokenizer_is_refused(tiny_dir, tmp_path):
 
 
 def test_sharded_checkpoint_with_index_loads(tmp_path):
-    from conftest import write_hf_checkpoint
+    from hf_checkpoints import write_hf_checkpoint
 
     model = write_hf_checkpoint(tmp_path / "one", "mixtral", seed=4)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")  # transformers' own sharding + index

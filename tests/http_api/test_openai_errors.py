@@ -1,0 +1,72 @@
+"""Bad requests get OpenAI's error shape with the right status, and the server keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.asyncio
+
+GOOD_COMPLETION = {"prompt": [1, 2, 3], "max_tokens": 2, "temperature": 0, "ignore_eos": True}
+USER_SAYS_HI = [{"role": "user", "content": "hi"}]
+
+# (path, raw body, the `param` the error must name)
+BAD_REQUESTS = {
+    "malformed json": ("/v1/completions", b'{"prompt": [1, 2', None),
+    "body not an object": ("/v1/completions", b"[1, 2, 3]", None),
+    "no prompt": ("/v1/completions", b'{"max_tokens": 4}', "prompt"),
+    "prompt of wrong type": ("/v1/completions", b'{"prompt": 12}', "prompt"),
+    "prompt of floats": ("/v1/completions", b'{"prompt": [1.5, 2]}', "prompt"),
+    "two prompts": ("/v1/completions", b'{"prompt": ["a", "b"]}', "prompt"),
+    "negative max_tokens": ("/v1/completions", b'{"prompt": "a", "max_tokens": -1}', "max_tokens"),
+    "max_tokens as a string": ("/v1/completions", b'{"prompt": "a", "max_tokens": "8"}', "max_tokens"),
+    "negative temperature": ("/v1/completions", b'{"prompt": "a", "temperature": -0.1}', "temperature"),
+    "top_p of zero": ("/v1/completions", b'{"prompt": "a", "top_p": 0}', "top_p"),
+    "top_p above one": ("/v1/completions", b'{"prompt": "a", "top_p": 1.5}', "top_p"),
+    "stream not a bool": ("/v1/completions", b'{"prompt": "a", "stream": "yes"}', "stream"),
+    "empty stop string": ("/v1/completions", b'{"prompt": "a", "stop": [""]}', "stop"),
+    "echo": ("/v1/completions", b'{"prompt": "a", "echo": true}', "echo"),
+    "n above one": ("/v1/completions", b'{"prompt": "a", "n": 2}', "n"),
+    "id outside the vocabulary": ("/v1/completions", b'{"prompt": [1, 320]}', None),
+    "negative id": ("/v1/completions", b'{"prompt": [-1, 2]}', None),
+    "prompt plus max_tokens too long": ("/v1/completions", b'{"prompt": [1, 2], "max_tokens": 5000}', None),
+    "no messages": ("/v1/chat/completions", b'{"max_tokens": 2}', "messages"),
+    "message without content": ("/v1/chat/completions", b'{"messages": [{"role": "user"}]}', "messages"),
+    "stream of a bad chat": ("/v1/chat/completions", b'{"messages": [], "stream": true}', "messages"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+async def test_bad_request_gets_400_with_openai_error_shape_and_serving_goes_on(client, case):
+    path, raw, param = BAD_REQUESTS[case]
+    resp = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
+
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+    after = await client.post("/v1/completions", json=GOOD_COMPLETION)
+    assert after.status == 200 and len((await after.json())["choices"][0]["token_ids"]) == 2
+
+
+async def test_bad_streamed_request_gets_400_before_any_event(client):
+    resp = await client.post("/v1/completions", json={"prompt": [1, 999], "stream": True})
+    assert resp.status == 400 and resp.content_type == "application/json"
+    assert "outside the vocabulary" in (await resp.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("path,body", [("/v1/completions", {"prompt": "a"}),
+                                       ("/v1/chat/completions", {"messages": USER_SAYS_HI})])
+async def test_unknown_model_gets_404_model_not_found(client, path, body):
+    resp = await client.post(path, json={**body, "model": "gpt-4"})
+    assert resp.status == 404
+    error = (await resp.json())["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model" and "gpt-4" in error["message"]
+
+
+async def test_unknown_route_and_wrong_method_get_json_errors(client):
+    missing = await client.get("/v1/embeddings")
+    wrong_method = await client.get("/v1/completions")
+    assert (missing.status, wrong_method.status) == (404, 405)
+    for resp in (missing, wrong_method):
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"

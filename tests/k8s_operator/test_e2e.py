@@ -1,0 +1,364 @@
+"""The operator end to end against a real kube-apiserver 1.20 + controller-manager, helm and redis-server.
+
+The chart is installed with the real helm; its operator Pod stays Pending (no kubelet), so the same
+operator runs here as a subprocess (`eaas operator --standalone`) with the chart's ServiceAccount token:
+what it does is also a check that the chart's RBAC is enough. Tests share one MoEDeployment and run in
+file order; each one first sets the spec it needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import kubernetes
+import pytest
+import redis
+from kubernetes.client.rest import ApiException
+from kubernetes.dynamic import DynamicClient
+
+from k8s_testbed import HELM, REPO, write_kubeconfig
+
+pytestmark = [pytest.mark.k8s, pytest.mark.redis, pytest.mark.slow]
+
+NAMESPACE = "eaas-e2e"
+NAME = "mix"
+GROUP, VERSION, PLURAL = "eaas.dev", "v1alpha1", "moedeployments"
+SCALE_DOWN_WINDOW = 2
+
+
+def kubectl(control_plane, *args: str) -> str:
+    done = subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+class Operator:
+    def __init__(self, log: Path):
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+
+
+def wait_for(check, what: str, operator: Operator | None = None, timeout: float = 45.0):
+    """Poll `check` until it returns something truthy; fail with the operator's log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    log = f"\n--- operator log ---\n{operator.tail()}" if operator else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{log}")
+
+
+@pytest.fixture(scope="module")
+def release(control_plane):
+    """The chart installed by the real helm into NAMESPACE (CRD from crds/, RBAC, operator Deployment)."""
+    done = subprocess.run([str(HELM), "install", "eaas", str(REPO / "charts/eaas"), "--namespace", NAMESPACE,
+                           "--create-namespace", f"--kubeconfig={control_plane.kubeconfig}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def api(kube):
+    return {"custom": kubernetes.client.CustomObjectsApi(kube), "apps": kubernetes.client.AppsV1Api(kube),
+            "core": kubernetes.client.CoreV1Api(kube), "dynamic": DynamicClient(kube)}
+
+
+def service_account_token(api, name: str) -> str:
+    """The token the controller-manager minted for the chart's ServiceAccount (1.20: a Secret)."""
+    def token():
+        for secret in api["core"].list_namespaced_secret(NAMESPACE).items:
+            annotations = secret.metadata.annotations or {}
+            if secret.type == "kubernetes.io/service-account-token" and \
+                    annotations.get("kubernetes.io/service-account.name") == name:
+                return base64.b64decode(secret.data["token"]).decode()
+        return None
+    return wait_for(token, f"a token Secret for ServiceAccount {name}")
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane, release, api, redis_server_session, tmp_path_factory):
+    """`eaas operator` as a subprocess, authenticated as the chart's ServiceAccount."""
+    folder = tmp_path_factory.mktemp("operator")
+    kubeconfig = write_kubeconfig(folder / "sa.kubeconfig", control_plane.server, control_plane.ca_file,
+                                  "eaas-operator", service_account_token(api, "eaas-operator"))
+    running = Operator(folder / "operator.log")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    with open(running.log, "wb") as out:
+        running.proc = subprocess.Popen(
+            [sys.executable, "-m", "eaas.cli", "operator", "--standalone", "--namespace", NAMESPACE,
+             "--redis-url", redis_server_session.url, "--verbose"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=folder)
+    yield running
+    running.proc.terminate()
+    try:
+        running.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        running.proc.kill()
+        running.proc.wait(5)
+
+
+def moedeployment(experts_per_replica: int = 4, gateway_replicas: int = 1) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "MoEDeployment", "metadata": {"name": NAME},
+        "spec": {
+            "image": "eaas:e2e",
+            "model": {"uri": "hf://eaas/tiny-moe", "numExperts": 8, "numLayers": 4},
+            "gateway": {"replicas": gateway_replicas},
+            "experts": {"expertsPerReplica": experts_per_replica, "minReplicas": 1, "maxReplicas": 4,
+                        "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "1Gi"}}},
+            "memPool": {"managed": True},
+            "autoscaling": {"enabled": True, "targetTokensPerSecondPerReplica": 100, "intervalSeconds": 1,
+                            "scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": SCALE_DOWN_WINDOW,
+                            "loadWindows": 1},
+        },
+    }
+
+
+def read_cr(api) -> dict | None:
+    try:
+        return api["custom"].get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def apply_spec(api, operator: Operator, body: dict) -> dict:
+    """Create or replace the CR's spec, then wait until the operator has reconciled that generation."""
+    current = read_cr(api)
+    if current is None:
+        current = api["custom"].create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+    elif current["spec"] != body["spec"]:
+        current = api["custom"].patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME,
+                                                               {"spec": body["spec"]})
+    generation = current["metadata"]["generation"]
+    return wait_for(lambda: (cr := read_cr(api)) and cr.get("status", {}).get("observedGeneration") == generation
+                    and cr, f"observedGeneration {generation}", operator)
+
+
+def deployment(api, name: str):
+    try:
+        return api["apps"].read_namespaced_deployment(name, NAMESPACE)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def owned(api, kind: str, api_version: str) -> dict[str, dict]:
+    resource = api["dynamic"].resources.get(api_version=api_version, kind=kind)
+    items = resource.get(namespace=NAMESPACE, label_selector=f"app.kubernetes.io/instance={NAME}").items
+    return {i.metadata.name: i.to_dict() for i in items}
+
+
+def events_of(api) -> list:
+    return api["core"].list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={NAME}").items
+
+
+def command_of(api, name: str) -> list[str]:
+    return deployment(api, name).spec.template.spec.containers[0].command
+
+
+def test_chart_installs_crd_and_operator(control_plane, release, api, kube):
+    crd = kubernetes.client.ApiextensionsV1Api(kube).read_custom_resource_definition("moedeployments.eaas.dev")
+    assert crd.spec.names.short_names == ["moed"]
+    assert wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
+                                kubernetes.client.ApiextensionsV1Api(kube).read_custom_resource_definition(
+                                    "moedeployments.eaas.dev").status.conditions or []), "CRD established")
+    chart_operator = deployment(api, "eaas-operator")
+    assert chart_operator.spec.template.spec.containers[0].command == [
+        "eaas", "operator", "--standalone", f"--namespace={NAMESPACE}", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert chart_operator.spec.template.spec.security_context.run_as_non_root is True
+    # No kubelet here: the chart's operator Pod is created and stays Pending.
+    pods = wait_for(lambda: api["core"].list_namespaced_pod(
+        NAMESPACE, label_selector="app.kubernetes.io/name=eaas-operator").items, "the operator Pod")
+    assert pods[0].status.phase == "Pending"
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"model": {"uri": "/m", "numExperts": 0, "numLayers": 4}}, "spec.model.numExperts"),
+    ({"model": {"uri": "s3://bucket/model", "numExperts": 8, "numLayers": 4}}, "spec.model.uri"),
+    ({"image": None}, "spec.image"),
+    ({"memPool": {"managed": True, "redis": {"url": "redis://r:6379/0"}}}, "spec.memPool"),
+    ({"autoscaling": {"intervalSeconds": "fast"}}, "spec.autoscaling.intervalSeconds"),
+    ({"experts": {"expertsPerReplica": 2, "tolerations": [{"operator": "Maybe"}]}}, "operator"),
+])
+def test_bad_spec_is_rejected_by_the_api_server(release, api, change, field):
+    body = moedeployment()
+    body["metadata"]["name"] = "bad"
+    body["spec"].update(change)
+    body["spec"] = {k: v for k, v in body["spec"].items() if v is not None}
+    with pytest.raises(ApiException) as caught:
+        api["custom"].create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+    assert caught.value.status == 422, caught.value.body
+    assert field in json.loads(caught.value.body)["message"]
+
+
+def test_spec_the_schema_cannot_judge_is_reported_degraded_and_builds_nothing(api, operator):
+    body = moedeployment()
+    body["metadata"]["name"] = "inverted"
+    body["spec"]["experts"].update(minReplicas=3, maxReplicas=2)
+    api["custom"].create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+
+    def degraded():
+        cr = api["custom"].get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "inverted")
+        return [c for c in cr.get("status", {}).get("conditions", []) if c["type"] == "Degraded"]
+    (condition,) = wait_for(degraded, "Degraded condition on 'inverted'", operator)
+    assert (condition["status"], condition["reason"]) == ("True", "InvalidSpec")
+    assert "minReplicas (3) exceeds experts.maxReplicas (2)" in condition["message"]
+    assert api["apps"].list_namespaced_deployment(
+        NAMESPACE, label_selector="app.kubernetes.io/instance=inverted").items == []
+    wait_for(lambda: [(e.type, e.reason) for e in api["core"].list_namespaced_event(
+        NAMESPACE, field_selector="involvedObject.name=inverted").items] == [("Warning", "InvalidSpec")],
+        "one InvalidSpec warning Event", operator)
+    api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "inverted")
+
+
+def test_moedeployment_becomes_owned_children(control_plane, api, operator):
+    cr = apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    uid = cr["metadata"]["uid"]
+    redis_url = f"redis://{NAME}-redis.{NAMESPACE}.svc:6379/0"
+    expected = {
+        ("v1", "ConfigMap"): {"mix-topology"},
+        ("apps/v1", "Deployment"): {"mix-gateway", "mix-experts-g0", "mix-experts-g1", "mix-redis"},
+        ("v1", "Service"): {"mix-gateway", "mix-experts-g0", "mix-experts-g1", "mix-redis"},
+        ("policy/v1beta1", "PodDisruptionBudget"): {"mix-gateway", "mix-experts-g0", "mix-experts-g1"},
+    }
+    for (api_version, kind), names in expected.items():
+        objects = owned(api, kind, api_version)
+        assert set(objects) == names, kind
+        for obj in objects.values():
+            (ref,) = obj["metadata"]["ownerReferences"]
+            assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("MoEDeployment", NAME, uid, True)
+    assert command_of(api, "mix-experts-g1") == [
+        "eaas", "expert-server", "--model", "hf://eaas/tiny-moe", "--experts", "4-7", "--host", "0.0.0.0",
+        "--port", "50051", "--metrics-port", "9090", "--deployment", NAME, "--group", "g1", "--redis", redis_url]
+    assert command_of(api, "mix-gateway") == [
+        "eaas", "gateway", "--model", "hf://eaas/tiny-moe", "--topology", "/etc/eaas/topology.json",
+        "--grpc-port", "50050", "--http-port", "8000", "--deployment", NAME, "--redis", redis_url]
+    topology = json.loads(api["core"].read_namespaced_config_map("mix-topology", NAMESPACE).data["topology.json"])
+    assert [(g["name"], g["experts"], g["service"]) for g in topology["groups"]] == [
+        ("g0", [0, 1, 2, 3], "mix-experts-g0"), ("g1", [4, 5, 6, 7], "mix-experts-g1")]
+    assert api["core"].read_namespaced_service("mix-experts-g0", NAMESPACE).spec.cluster_ip == "None"
+    container = deployment(api, "mix-experts-g0").spec.template.spec.containers[0]
+    assert container.security_context.read_only_root_filesystem is True
+    assert container.readiness_probe is None  # the operator omits grpc probes below Kubernetes 1.24
+    pods = wait_for(lambda: api["core"].list_namespaced_pod(
+        NAMESPACE, label_selector="app.kubernetes.io/instance=mix,eaas.dev/group=g0").items, "expert Pods")
+    assert {p.status.phase for p in pods} == {"Pending"}
+    conditions = {c["type"]: c for c in cr["status"]["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "ReplicasNotReady")
+    assert (conditions["Degraded"]["status"], conditions["Degraded"]["reason"]) == ("False", "AsExpected")
+    assert "0/2" in kubectl(control_plane, "get", "moed", NAME, f"--namespace={NAMESPACE}")
+    wait_for(lambda: any(e.reason == "Reconciled" and "2 expert groups of 4 experts" in e.message
+                         for e in events_of(api)), "a Reconciled Event", operator)
+
+
+def test_experts_per_replica_change_reshapes_groups(api, operator):
+    apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    gateway_hash = deployment(api, "mix-gateway").spec.template.metadata.annotations["eaas.dev/topology-hash"]
+    apply_spec(api, operator, moedeployment(experts_per_replica=3))
+    assert set(owned(api, "Deployment", "apps/v1")) == {"mix-gateway", "mix-redis", "mix-experts-g0",
+                                                        "mix-experts-g1", "mix-experts-g2"}
+    assert [command_of(api, f"mix-experts-g{i}")[5] for i in range(3)] == ["0-2", "3-5", "6-7"]
+    assert deployment(api, "mix-gateway").spec.template.metadata.annotations["eaas.dev/topology-hash"] != gateway_hash
+    apply_spec(api, operator, moedeployment(experts_per_replica=8))
+    for kind, api_version in (("Deployment", "apps/v1"), ("Service", "v1"),
+                              ("PodDisruptionBudget", "policy/v1beta1")):
+        names = set(owned(api, kind, api_version))
+        assert names & {"mix-experts-g1", "mix-experts-g2"} == set(), kind
+        assert "mix-experts-g0" in names
+    assert command_of(api, "mix-experts-g0")[5] == "0-7"
+    topology = json.loads(api["core"].read_namespaced_config_map("mix-topology", NAMESPACE).data["topology.json"])
+    assert topology["groups"] == [{"name": "g0", "experts": list(range(8)), "service": "mix-experts-g0",
+                                   "port": 50051}]
+
+
+def write_load(client: redis.Redis, per_expert_tokens: dict[int, int]) -> None:
+    """The gateways' writes (docs/redis-schema.md) into every window from 30 s ago to 60 s ahead."""
+    bucket = int(time.time()) // 10 * 10
+    for b in range(bucket - 30, bucket + 70, 10):
+        key = f"eaas:{NAME}:load:{b}"
+        client.delete(key)
+        for expert, tokens in per_expert_tokens.items():
+            client.hincrby(key, str(expert), tokens)
+        client.expire(key, 3600)
+
+
+def replicas(api, group: str) -> int:
+    return deployment(api, f"mix-experts-{group}").spec.replicas
+
+
+def test_autoscaler_scales_hot_group_up_and_cold_group_down(api, operator, redis_server_session):
+    apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    client = redis.Redis.from_url(redis_server_session.url)
+    # g0 (experts 0-3): 3500 tokens per 10 s window = 350 tokens/s -> 4 replicas at 100/replica.
+    # g1 (experts 4-7): 150 tokens/s -> 2 replicas.
+    write_load(client, {0: 2000, 3: 1500, 4: 1000, 7: 500})
+    wait_for(lambda: replicas(api, "g0") == 4 and replicas(api, "g1") == 2, "g0 at 4 and g1 at 2 replicas", operator)
+    # The status patch lands just after the Deployments are scaled.
+    wait_for(lambda: [g.get("tokensPerSecond") for g in read_cr(api)["status"]["groups"]] == [350.0, 150.0],
+             "the load in status", operator, timeout=5)
+    # A spec change re-applies every child: the autoscaler's replicas must survive it.
+    apply_spec(api, operator, moedeployment(experts_per_replica=4, gateway_replicas=2))
+    assert (deployment(api, "mix-gateway").spec.replicas, replicas(api, "g0"), replicas(api, "g1")) == (2, 4, 2)
+    write_load(client, {0: 2000, 3: 1500})  # g1 goes cold
+    cooled = time.monotonic()
+    wait_for(lambda: replicas(api, "g1") == 1, "g1 shrunk to minReplicas", operator, timeout=30)
+    # The last recommendation of 2 came at most one interval (1 s) before the load dropped.
+    assert time.monotonic() - cooled >= SCALE_DOWN_WINDOW - 1
+    assert replicas(api, "g0") == 4
+    wait_for(lambda: {"mix-experts-g0: 1 -> 4", "mix-experts-g1: 2 -> 1"} <= {
+        e.message.partition(" replicas")[0] for e in events_of(api) if e.reason == "Scaled"}, "Scaled Events", operator)
+
+
+def test_delete_garbage_collects_children_and_redis_keys(api, operator, redis_server_session):
+    apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    client = redis.Redis.from_url(redis_server_session.url)
+    client.set(f"eaas:{NAME}:registry:10.0.0.7:50051", "{}")
+    client.set(f"eaas:{NAME}:kv:fp:abc", b"block")
+    client.set("eaas:other:load:10", "kept")
+    api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
+    wait_for(lambda: read_cr(api) is None, "the MoEDeployment gone (finalizer done)", operator)
+    assert client.keys(f"eaas:{NAME}:*") == []
+    assert client.get("eaas:other:load:10") == b"kept"
+    kinds = (("ConfigMap", "v1"), ("Deployment", "apps/v1"), ("Service", "v1"),
+             ("PodDisruptionBudget", "policy/v1beta1"))
+    wait_for(lambda: not any(owned(api, kind, version) for kind, version in kinds),
+             "every child garbage-collected", operator, timeout=60)
+
+
+def test_redis_outage_degrades_and_does_not_block_deletion(api, operator, redis_server_session):
+    body = moedeployment()
+    body["metadata"]["name"] = "lonely"
+    api["custom"].create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+
+    def degraded_reason():
+        cr = api["custom"].get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "lonely")
+        return next((c["reason"] for c in cr.get("status", {}).get("conditions", [])
+                     if c["type"] == "Degraded" and c["status"] == "True"), None)
+    wait_for(lambda: api["apps"].list_namespaced_deployment(
+        NAMESPACE, label_selector="app.kubernetes.io/instance=lonely").items, "children of 'lonely'", operator)
+    redis_server_session.stop()
+    try:
+        assert wait_for(degraded_reason, "Degraded while Redis is down", operator) == "RedisUnreachable"
+        api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "lonely")
+        wait_for(lambda: not [i for i in api["custom"].list_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, PLURAL)["items"] if i["metadata"]["name"] == "lonely"],
+            "'lonely' deleted despite the Redis outage", operator)
+    finally:
+        redis_server_session.start()
+    assert "could not delete Redis keys eaas:lonely:*" in operator.log.read_text()

@@ -1,0 +1,48 @@
+"""Reading load windows and deleting a deployment's keys in a real redis-server (docs/redis-schema.md)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from eaas.operator.load import complete_buckets, delete_deployment_keys, expert_rates, group_rates, redis_client
+from eaas.topology import expert_groups
+
+pytestmark = pytest.mark.redis
+
+
+def test_complete_buckets_skip_the_open_window():
+    assert complete_buckets(1_000_005.0, 3) == [999_990, 999_980, 999_970]
+    assert complete_buckets(1_000_000.0, 1) == [999_990]
+
+
+def test_rates_average_complete_windows_and_ignore_the_open_one(redis_server):
+    client = redis_client(redis_server.url)
+    now = 1_000_005.0
+    client.hset("eaas:mix:load:999990", mapping={"0": 300, "1": 100, "5": 20})
+    client.hset("eaas:mix:load:999980", mapping={"0": 300})
+    client.hincrby("eaas:mix:load:999980", "0", 300)  # a second gateway adds into the same hash
+    client.hset("eaas:mix:load:1000000", mapping={"0": 99_999})  # still open: skipped
+    client.hset("eaas:other:load:999990", mapping={"0": 99_999})  # another deployment
+    rates = expert_rates(client, "mix", now, windows=2)
+    assert rates == {0: 900 / 20, 1: 100 / 20, 5: 20 / 20}
+    assert group_rates(rates, expert_groups(8, 4)) == {"g0": 50.0, "g1": 1.0}
+
+
+def test_delete_unlinks_only_the_deployments_keys(redis_server):
+    client = redis_client(redis_server.url)
+    for i in range(1200):  # more than one SCAN page and one UNLINK batch
+        client.set(f"eaas:mix:kv:fp:{i}", b"x")
+    client.hset("eaas:mix:load:10", "0", 1)
+    client.set("eaas:mix:registry:10.0.0.1:50051", "{}")
+    client.set("eaas:mixtral:load:10", "kept")  # a deployment whose name starts the same
+    client.set("other", "kept")
+    assert delete_deployment_keys(client, "mix") == 1202
+    assert sorted(client.keys("*")) == [b"eaas:mixtral:load:10", b"other"]
+
+
+def test_unreachable_redis_raises_redis_error_quickly(redis_server):
+    url = redis_server.url
+    redis_server.stop()
+    with pytest.raises(redis.RedisError):
+        expert_rates(redis_client(url, timeout=1.0), "mix", 1_000_000.0, 1)
