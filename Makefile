@@ -28,7 +28,7 @@ run: install
 	$(VENV)/bin/eaas up --demo
 
 protos: install
-	$(PY) -m grpc_tools.protoc -I protos --python_out=protos --grpc_python_out=protos --pyi_out=protos protos/*.proto
+	$(PY) protos/generate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,41 @@
+# One image for every eaas component; the command picks the role:
+#   eaas gateway ... | eaas expert-server ... | eaas operator ...   (the operator writes these commands)
+# CPU (default):  docker build -t eaas .
+# CUDA:           docker build -t eaas:cuda \
+#                   --build-arg BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
+#                   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+# (the CUDA base needs python3.11: deadsnakes or a base image that ships it)
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+# torch comes from this index before `pip install .` so the project's torch>=2.4 is already met:
+# CPU wheels by default (no multi-GB CUDA download), CUDA wheels when a cu* index is given.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG PYTHON=python3.11
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp \
+    HF_HOME=/tmp/huggingface
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY eaas ./eaas
+COPY gateway ./gateway
+COPY expert_service ./expert_service
+COPY operator ./operator
+COPY protos ./protos
+RUN ${PYTHON} -m pip install --index-url "${TORCH_INDEX}" torch \
+ && ${PYTHON} -m pip install . \
+ && rm -rf /src
+
+# Non-root, uid matching the operator's pod securityContext (runAsUser 10001); the root filesystem
+# can be mounted read-only: everything writable lives under /tmp (an emptyDir in the pods).
+RUN groupadd --system --gid 10001 eaas && useradd --system --uid 10001 --gid eaas --home-dir /tmp eaas
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 50050 50051 8000 9090 8080
+ENTRYPOINT []
+CMD ["eaas", "--help"]

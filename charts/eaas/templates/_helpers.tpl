@@ -1,0 +1,59 @@
+{{- define "eaas.fullname" -}}
+{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "eaas.serviceAccountName" -}}
+{{- default (include "eaas.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "eaas.labels" -}}
+app.kubernetes.io/name: eaas-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "eaas.selectorLabels" -}}
+app.kubernetes.io/name: eaas-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- /* The namespaces the operator watches: the list given, else the release namespace. */ -}}
+{{- define "eaas.watchedNamespaces" -}}
+{{- if .Values.watch.namespaces -}}
+{{- join "," .Values.watch.namespaces -}}
+{{- else -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Exactly the calls the operator makes in the namespaces it watches. */ -}}
+{{- define "eaas.namespacedRules" -}}
+# kopf: watch MoEDeployments, patch them (finalizer, progress annotations) and their status.
+- apiGroups: [eaas.dev]
+  resources: [moedeployments]
+  verbs: [list, watch, patch]
+- apiGroups: [eaas.dev]
+  resources: [moedeployments/status]
+  verbs: [patch]
+# Children carry ownerReferences with blockOwnerDeletion, which clusters enforcing
+# OwnerReferencesPermissionEnforcement only allow with update on the owner's finalizers.
+- apiGroups: [eaas.dev]
+  resources: [moedeployments/finalizers]
+  verbs: [update]
+# kopf posts Events about what the operator did.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+# Children: server-side apply (create + patch), prune (list + delete), replicas (patch), readiness (list).
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [list, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, create, patch, delete]
+{{- end -}}

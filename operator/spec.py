@@ -1,0 +1,154 @@
+"""MoEDeployment spec as typed, defaulted values: the one place that reads the CR's spec dict.
+
+The API server already enforced the CRD's OpenAPI schema (types, ranges, enums, patterns); what a
+schema without CEL cannot say (cross-field rules, name lengths) is checked here and raised as SpecError.
+Defaults mirror the CRD's `default:` values because the API server only defaults objects that exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from eaas.topology import ExpertGroup, expert_groups
+
+GROUP = "eaas.dev"
+VERSION = "v1alpha1"
+PLURAL = "moedeployments"
+
+REDIS_PORT = 6379
+GATEWAY_GRPC_PORT = 50050
+GATEWAY_HTTP_PORT = 8000
+EXPERT_GRPC_PORT = 50051
+EXPERT_METRICS_PORT = 9090
+DEFAULT_REDIS_IMAGE = "redis:7.2-alpine"
+
+# Services are DNS-1035 labels: at most 63 characters.
+MAX_SERVICE_NAME = 63
+
+
+class SpecError(ValueError):
+    """A spec the API server accepted but the operator cannot realise (reported in status, not retried)."""
+
+
+@dataclass(frozen=True)
+class PodPlacement:
+    resources: dict[str, Any] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    enabled: bool = True
+    target_tokens_per_second_per_replica: float = 1000.0
+    scale_up_stabilization_seconds: int = 0
+    scale_down_stabilization_seconds: int = 300
+    interval_seconds: int = 15
+    load_windows: int = 3
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    name: str
+    namespace: str
+    model_uri: str
+    num_experts: int
+    num_layers: int
+    image: str
+    image_pull_policy: str | None
+    gateway_replicas: int
+    gateway: PodPlacement
+    experts_per_replica: int
+    min_replicas: int
+    max_replicas: int
+    experts: PodPlacement
+    redis_managed: bool
+    redis_external_url: str | None
+    redis_image: str
+    autoscaling: Autoscaling
+
+    @property
+    def groups(self) -> list[ExpertGroup]:
+        return expert_groups(self.num_experts, self.experts_per_replica)
+
+    @property
+    def redis_url(self) -> str | None:
+        """The URL the pods use; None when the deployment has no Redis."""
+        if self.redis_managed:
+            return f"redis://{self.name}-redis.{self.namespace}.svc:{REDIS_PORT}/0"
+        return self.redis_external_url
+
+
+def _quantities(resources: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Quantities as strings: server-side apply rejects `nvidia.com/gpu: 1` (an int) in a Pod spec."""
+    return {kind: {name: str(value) for name, value in (amounts or {}).items()}
+            for kind, amounts in resources.items()}
+
+
+def _placement(raw: dict[str, Any]) -> PodPlacement:
+    return PodPlacement(
+        resources=_quantities(dict(raw.get("resources") or {})),
+        node_selector=dict(raw.get("nodeSelector") or {}),
+        tolerations=[dict(t) for t in raw.get("tolerations") or []],
+    )
+
+
+def parse_spec(name: str, namespace: str, spec: dict[str, Any]) -> MoESpec:
+    """Typed spec with defaults applied; raises SpecError for rules the CRD schema cannot express."""
+    model = spec.get("model") or {}
+    experts = spec.get("experts") or {}
+    gateway = spec.get("gateway") or {}
+    mempool = spec.get("memPool") or {}
+    scaling = spec.get("autoscaling") or {}
+    defaults = Autoscaling()
+    parsed = MoESpec(
+        name=name,
+        namespace=namespace,
+        model_uri=str(model.get("uri", "")),
+        num_experts=int(model.get("numExperts", 0)),
+        num_layers=int(model.get("numLayers", 0)),
+        image=str(spec.get("image", "")),
+        image_pull_policy=spec.get("imagePullPolicy"),
+        gateway_replicas=int(gateway.get("replicas", 1)),
+        gateway=_placement(gateway),
+        experts_per_replica=int(experts.get("expertsPerReplica", 0)),
+        min_replicas=int(experts.get("minReplicas", 1)),
+        max_replicas=int(experts.get("maxReplicas", 4)),
+        experts=_placement(experts),
+        redis_managed=bool(mempool.get("managed", False)),
+        redis_external_url=(mempool.get("redis") or {}).get("url"),
+        redis_image=str(mempool.get("redisImage", DEFAULT_REDIS_IMAGE)),
+        autoscaling=Autoscaling(
+            enabled=bool(scaling.get("enabled", defaults.enabled)),
+            target_tokens_per_second_per_replica=float(
+                scaling.get("targetTokensPerSecondPerReplica", defaults.target_tokens_per_second_per_replica)),
+            scale_up_stabilization_seconds=int(
+                scaling.get("scaleUpStabilizationSeconds", defaults.scale_up_stabilization_seconds)),
+            scale_down_stabilization_seconds=int(
+                scaling.get("scaleDownStabilizationSeconds", defaults.scale_down_stabilization_seconds)),
+            interval_seconds=int(scaling.get("intervalSeconds", defaults.interval_seconds)),
+            load_windows=int(scaling.get("loadWindows", defaults.load_windows)),
+        ),
+    )
+    check_spec(parsed)
+    return parsed
+
+
+def check_spec(spec: MoESpec) -> None:
+    """Cross-field rules; the schema already checked each field alone."""
+    missing = [f for f, v in (("model.uri", spec.model_uri), ("image", spec.image),
+                              ("model.numExperts", spec.num_experts), ("model.numLayers", spec.num_layers),
+                              ("experts.expertsPerReplica", spec.experts_per_replica)) if not v]
+    if missing:
+        raise SpecError(f"missing required fields: {', '.join(missing)}")
+    if spec.min_replicas > spec.max_replicas:
+        raise SpecError(f"experts.minReplicas ({spec.min_replicas}) exceeds experts.maxReplicas ({spec.max_replicas})")
+    if spec.redis_managed and spec.redis_external_url:
+        raise SpecError("memPool: set either redis.url or managed: true, not both")
+    if spec.autoscaling.target_tokens_per_second_per_replica <= 0:
+        raise SpecError("autoscaling.targetTokensPerSecondPerReplica must be > 0")
+    longest = f"{spec.name}-experts-{spec.groups[-1].name}"
+    if len(longest) > MAX_SERVICE_NAME:
+        raise SpecError(f"name too long: service {longest!r} would exceed {MAX_SERVICE_NAME} characters; "
+                        f"shorten metadata.name or raise experts.expertsPerReplica")
