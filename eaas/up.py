@@ -52,7 +52,7 @@ class Fleet:
 
     def log_tail(self, name: str, lines: int = 5) -> str:
         path = Path(self.tmp) / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     def stop(self, grace_s: float = 10.0) -> None:
         for _, p in self.procs:
@@ -77,7 +77,7 @@ def wait_healthy(fleet: Fleet, name: str, proc: subprocess.Popen, address: str, 
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise UserError(f"{name} exited with code {proc.returncode}: {fleet.log_tail(name, 1)}")
+                raise UserError(f"{name} exited with code {proc.returncode}: {fleet.log_tail(name, 3)}")
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                     return

@@ -27,8 +27,8 @@ class LayerExperts:
     """The experts of one MoE layer held by this process, fused as transformers 5 fuses them in memory."""
 
     expert_ids: list[int]
-    gate_up: torch.Tensor  # [n, 2F, D], gate half first
-    down: torch.Tensor     # [n, D, F]
+    gate_up: torch.Tensor  # [n, D, 2F], gate half first; stored input-major so x @ W needs no transpose
+    down: torch.Tensor     # [n, F, D]
     slot_of: torch.Tensor  # [num_experts + 1] -> index into gate_up/down, -1 if not held (last entry: id -1)
 
 
@@ -79,8 +79,8 @@ class ExpertWeights:
         within = torch.arange(x.shape[0]) - starts[slot_sorted]
         grid = x.new_zeros(len(lx.expert_ids), int(counts.max()), x.shape[1])
         grid[slot_sorted, within] = x
-        gate, up = torch.bmm(grid, lx.gate_up.transpose(1, 2)).chunk(2, dim=-1)
-        y = torch.bmm(self.act_fn(gate) * up, lx.down.transpose(1, 2))
+        gate, up = torch.bmm(grid, lx.gate_up).chunk(2, dim=-1)
+        y = torch.bmm(self.act_fn(gate) * up, lx.down)
         return y[slot_sorted, within]
 
     def _ffn_per_expert(self, lx: LayerExperts, x, counts: list[int]) -> torch.Tensor:
@@ -88,8 +88,8 @@ class ExpertWeights:
         parts, lo = [], 0
         for slot, n in enumerate(counts):
             if n:
-                gate, up = nn.functional.linear(x[lo:lo + n], lx.gate_up[slot]).chunk(2, dim=-1)
-                parts.append(nn.functional.linear(self.act_fn(gate) * up, lx.down[slot]))
+                gate, up = (x[lo:lo + n] @ lx.gate_up[slot]).chunk(2, dim=-1)
+                parts.append((self.act_fn(gate) * up) @ lx.down[slot])
                 lo += n
         return torch.cat(parts)
 
@@ -123,8 +123,8 @@ def load_expert_weights(ckpt: Checkpoint, expert_ids: list[int] | None = None, l
             if g.shape[1] != ckpt.config.hidden_size:
                 raise UserError(f"shape mismatch in layer {layer} expert {e}: gate {tuple(g.shape)} "
                                 f"does not match hidden_size {ckpt.config.hidden_size}")
-            gate_up.append(torch.cat([g, u], dim=0))
-            down.append(d)
+            gate_up.append(torch.cat([g, u], dim=0).t().contiguous())
+            down.append(d.t().contiguous())
         slot_of = torch.full((num_experts + 1,), -1, dtype=torch.long)
         slot_of[torch.tensor(expert_ids)] = torch.arange(len(expert_ids))
         out[layer] = LayerExperts(expert_ids, torch.stack(gate_up), torch.stack(down), slot_of)

@@ -1,0 +1,160 @@
+"""Disaggregated (remote expert servers over gRPC) vs monolithic (local experts), same engine, one run.
+
+    python benchmarks/disaggregated_vs_monolithic.py [--seqs 64 256] [--new-tokens 32] [--fault-seconds 40]
+
+Prints decode tok/s of both backends at each concurrency and their ratio (targets: >= 0.80 at 64,
+>= 0.90 at 256), then the throughput while one expert replica is SIGKILLed (and restarted) every 10 s
+divided by the fault-free throughput (target >= 0.98, 0 failed requests). Expert servers are separate
+processes on 127.0.0.1, started with `eaas expert-server`, 2 replicas per group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import torch
+
+from eaas.engine.factory import engine_with_backend, monolithic_engine
+from eaas.engine.scheduler import ScheduleLimits
+from eaas.engine.sequence import SamplingParams
+from eaas.gateway.remote_backend import RemoteExpertBackend
+from eaas.model.checkpoint import Checkpoint
+from eaas.model.tiny import write_tiny_model
+from eaas.topology import expert_groups, format_expert_ids
+from eaas.up import Fleet, wait_healthy
+
+
+def prompts(n: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(3, 250, (int(k),), generator=g).tolist() for k in torch.randint(8, 25, (n,), generator=g)]
+
+
+def decode_tokens_per_s(engine, batch, new_tokens) -> tuple[float, int]:
+    """Generated tokens / wall time for the whole batch (prefill included, same for both backends)."""
+    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
+    engine.generate(batch[:4], SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
+    start = time.perf_counter()
+    seqs = [engine.add_request(p, params) for p in batch]
+    failed = 0
+    while engine.has_unfinished():
+        engine.step()
+    elapsed = time.perf_counter() - start
+    failed = sum(1 for s in seqs if len(s.output_ids) != new_tokens)
+    return sum(len(s.output_ids) for s in seqs) / elapsed, failed
+
+
+class ExpertFleet:
+    def __init__(self, model: str, experts_per_server: int, replicas: int, base_port: int):
+        self.fleet = Fleet()
+        self.model = model
+        self.members = []  # (name, group experts, address)
+        num = Checkpoint(model).config.num_local_experts
+        port = base_port
+        for g in expert_groups(num, experts_per_server):
+            for r in range(replicas):
+                self.members.append((f"{g.name}-r{r}", g.experts, f"127.0.0.1:{port}"))
+                port += 1
+        self.procs = {}
+        for name, experts, addr in self.members:
+            self.start(name, experts, addr)
+        for name, _, addr in self.members:
+            wait_healthy(self.fleet, name, self.procs[name], addr, 180)
+
+    def start(self, name, experts, addr):
+        argv = [sys.executable, "-m", "eaas.cli", "expert-server", "--model", self.model, "--experts",
+                format_expert_ids(experts), "--host", "127.0.0.1", "--port", addr.rsplit(":", 1)[1],
+                "--metrics-port", "0"]
+        self.procs[name] = self.fleet.spawn(name, argv)
+
+    def groups(self):
+        by = {}
+        for _, experts, addr in self.members:
+            by.setdefault(experts, []).append(addr)
+        return list(by.items())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seqs", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--hidden-size", type=int, default=256)
+    ap.add_argument("--micro-batches", type=int, default=2)
+    ap.add_argument("--fault-seconds", type=float, default=40.0, help="0 skips the fault run")
+    ap.add_argument("--base-port", type=int, default=24000)
+    args = ap.parse_args()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("eaas").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as model:
+        write_tiny_model(model, "mixtral", seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
+        experts = ExpertFleet(model, experts_per_server=4, replicas=2, base_port=args.base_port)
+        try:
+            limits = ScheduleLimits(max_num_seqs=max(args.seqs), max_batched_tokens=8192)
+            mono = monolithic_engine(model, limits=limits)
+            ckpt = Checkpoint(model)
+            backend = RemoteExpertBackend(experts.groups(), fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers())
+            disagg = engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches)
+            print(f"model: tiny mixtral hidden {args.hidden_size}, 4 layers, 8 experts top-2, fp32; "
+                  f"2 expert groups x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
+                  f"micro-batches {args.micro_batches}")
+            for n in args.seqs:
+                batch = prompts(n)
+                m, _ = decode_tokens_per_s(mono, batch, args.new_tokens)
+                d, failed = decode_tokens_per_s(disagg, batch, args.new_tokens)
+                target = 0.80 if n <= 64 else 0.90
+                print(f"{n:4d} seqs: monolithic {m:8.1f} tok/s  disaggregated {d:8.1f} tok/s  "
+                      f"ratio {d / m:5.2f} (target >= {target:.2f}), failed {failed}")
+            if args.fault_seconds > 0:
+                fault_run(experts, disagg, args)
+        finally:
+            experts.fleet.stop()
+
+
+def fault_run(experts: ExpertFleet, engine, args) -> None:
+    batch = prompts(64)
+
+    def run_for(seconds: float) -> tuple[float, int, int]:
+        done = failed = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            try:
+                tps_tokens = engine.generate(batch, SamplingParams(max_tokens=args.new_tokens, ignore_eos=True))
+                done += sum(len(t) for t in tps_tokens)
+                failed += sum(1 for t in tps_tokens if len(t) != args.new_tokens)
+            except Exception:  # a failed step fails its requests: count them
+                failed += len(batch)
+                engine.waiting.clear()
+                engine.running.clear()
+        return done / (time.perf_counter() - start), failed, 0
+
+    clean, clean_failed, _ = run_for(args.fault_seconds)
+    stop = threading.Event()
+    kills = []
+
+    def killer():
+        i = 0
+        while not stop.wait(10.0):
+            name, ex, addr = experts.members[i % len(experts.members)]
+            experts.procs[name].kill()  # SIGKILL
+            experts.procs[name].wait()
+            kills.append(name)
+            experts.start(name, ex, addr)  # a fresh replica comes back on the same address
+            i += 1
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    faulty, faulty_failed, _ = run_for(args.fault_seconds)
+    stop.set()
+    t.join()
+    print(f"faults: {len(kills)} replicas SIGKILLed in {args.fault_seconds:.0f}s ({', '.join(kills)}); "
+          f"throughput {faulty:.1f} vs {clean:.1f} tok/s fault-free: ratio {faulty / clean:.3f} (target >= 0.98); "
+          f"failed requests {faulty_failed} (fault-free run: {clean_failed})")
+
+
+if __name__ == "__main__":
+    main()
