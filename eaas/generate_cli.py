@@ -42,6 +42,9 @@ def _generate_local(args) -> dict:
     from eaas.engine.llm_engine import RequestError
     from eaas.engine.sequence import SamplingParams
 
+    from eaas.model.checkpoint import resolve_model_uri
+
+    args.model = str(resolve_model_uri(args.model))  # hf://org/name -> its local snapshot
     tokenizer = load_tokenizer(args.model)
     if args.prompt is not None:
         if tokenizer is None:

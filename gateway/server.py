@@ -128,7 +128,7 @@ class Gateway:
 
             kv_pool = SyncKVPool.from_url(o.redis, deployment=o.deployment, fingerprint=self.fingerprint,
                                           block_size=o.block_size)
-        return EngineService(engine, load_tokenizer(o.model), kv_pool)
+        return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool)
 
     def gateway_info(self) -> gateway_pb2.GatewayInfo:
         groups = [f"{g.name}={format_expert_ids(g.expert_ids)}" for g in self.backend_groups()]

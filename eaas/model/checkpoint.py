@@ -29,11 +29,26 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def resolve_model_uri(uri: str | Path) -> Path:
+    """A local directory, or `hf://org/name[@revision]` fetched into (or found in) the HF cache."""
+    text = str(uri)
+    if not text.startswith("hf://"):
+        return Path(text)
+    repo, _, revision = text[len("hf://"):].partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, revision=revision or None,
+                                      allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.jinja"]))
+    except Exception as exc:  # offline, unknown repo, no access: one line, not a traceback
+        raise UserError(f"cannot fetch {text}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
 class Checkpoint:
     """Index of one checkpoint directory; tensors are read lazily by key."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = resolve_model_uri(path)
         if not self.path.is_dir():
             raise UserError(f"model directory {str(self.path)!r} does not exist")
         config_file = self.path / "config.json"

@@ -123,3 +123,10 @@ def test_sharded_checkpoint_with_index_loads(tmp_path):
     runs = [json.loads(eaas("generate", "--model", str(tmp_path / d), "--prompt-ids", "3,4,5", "--max-tokens", "6",
                             "--ignore-eos", "--json").stdout)["token_ids"] for d in ("one", "sharded")]
     assert runs[0] == runs[1] and len(runs[0]) == 6
+
+
+def test_hf_uri_is_fetched_through_the_hub_cache_or_refused_clearly(tmp_path, monkeypatch):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run(EAAS + ["generate", "--model", "hf://eaas-test/absent-model", "--prompt-ids", "1"],
+                          capture_output=True, text=True, timeout=120, env={**__import__("os").environ, **env})
+    assert "cannot fetch hf://eaas-test/absent-model" in one_line_error(proc)
