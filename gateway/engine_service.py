@@ -78,6 +78,11 @@ class EngineService:
     def busy(self) -> int:
         return len(self._live)
 
+    @property
+    def alive(self) -> bool:
+        """The engine thread runs (the gateway's /health)."""
+        return self._thread.is_alive()
+
     # --- the asyncio side -----------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
@@ -99,21 +104,26 @@ class EngineService:
         self.metrics.requests_started()
         self._inbox.put(("add", req))
         self._wake.set()
-        status = "error"
+        status = "cancelled"
         try:
             while True:
                 item = await req.events.get()
                 if isinstance(item, Exception):
                     raise item
+                if item.finish_reason:
+                    status = "ok"  # before the yield: a consumer may stop right after the last event
                 yield item
                 if item.finish_reason:
-                    status = "ok"
                     return
+        except GenerationFailed:
+            status = "failed"
+            raise
         finally:
-            if status != "ok" and req.seq is not None and not req.seq.is_finished:
-                self._inbox.put(("abort", req))  # client went away or failed: free its slot
+            if status != "ok" and status != "failed" and (req.seq is None or not req.seq.is_finished):
+                # the client went away: free its slot (the inbox is FIFO, so "add" is handled before this)
+                self._inbox.put(("abort", req))
                 self._wake.set()
-                status = "cancelled" if status == "error" else status
+                status = "cancelled"
             self.metrics.request_done(status)
 
     # --- the engine thread ----------------------------------------------------------------------
@@ -165,7 +175,17 @@ class EngineService:
         event = TokenEvent([token], self._new_text(seq), index, seq.finish_reason if seq.is_finished else None)
         if seq.is_finished:
             self._live.pop(seq.seq_id, None)
-        req.loop.call_soon_threadsafe(req.events.put_nowait, event)
+        self._post(req, event)
+
+    def _post(self, req: _Request, item) -> None:
+        """Hand an event to the request's loop; a closed loop means nobody listens: abort, never die."""
+        try:
+            req.loop.call_soon_threadsafe(req.events.put_nowait, item)
+        except RuntimeError:
+            if req.seq is not None and not req.seq.is_finished:
+                self.engine.abort(req.seq)
+            if req.seq is not None:
+                self._live.pop(req.seq.seq_id, None)
 
     def _new_text(self, seq: Sequence) -> str:
         """Text added by the newest token; held back while it ends inside a multi-byte character."""
@@ -187,7 +207,7 @@ class EngineService:
         failure = GenerationFailed(name, str(exc))
         for req in list(self._live.values()):
             self.engine.abort(req.seq)
-            req.loop.call_soon_threadsafe(req.events.put_nowait, failure)
+            self._post(req, failure)
         self._live.clear()
 
     # --- MemPool: context caching and resume ----------------------------------------------------

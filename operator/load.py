@@ -5,37 +5,25 @@ Key: `eaas:{deployment}:load:{bucket}`, a hash expert id -> tokens routed in tha
 
 from __future__ import annotations
 
-import math
-
 import redis
 
+from eaas.mempool.keys import DeploymentKeys, complete_load_buckets
+from eaas.mempool.load_stats import load_rates
 from eaas.topology import ExpertGroup
 
-BUCKET_SECONDS = 10
 UNLINK_BATCH = 500
 
 
-def complete_buckets(now: float, count: int) -> list[int]:
-    """Start times of the `count` most recent complete windows; the still-open one is skipped."""
-    open_bucket = math.floor(now / BUCKET_SECONDS) * BUCKET_SECONDS
-    return [open_bucket - BUCKET_SECONDS * i for i in range(1, count + 1)]
-
-
-def load_key(deployment: str, bucket: int) -> str:
-    return f"eaas:{deployment}:load:{bucket}"
-
-
 def expert_rates(client: redis.Redis, deployment: str, now: float, windows: int) -> dict[int, float]:
-    """Tokens/s per expert id averaged over the last `windows` complete windows (absent windows count as 0)."""
+    """Tokens/s per expert id averaged over the last `windows` complete windows (absent windows count as 0).
+
+    Key naming, bucket math and the rate are the MemPool's own (eaas.mempool): one definition of the schema.
+    """
+    keys = DeploymentKeys(deployment)
     pipe = client.pipeline(transaction=False)
-    for bucket in complete_buckets(now, windows):
-        pipe.hgetall(load_key(deployment, bucket))
-    totals: dict[int, int] = {}
-    for window in pipe.execute():
-        for expert, tokens in window.items():
-            expert_id = int(expert)
-            totals[expert_id] = totals.get(expert_id, 0) + int(tokens)
-    return {e: tokens / (BUCKET_SECONDS * windows) for e, tokens in totals.items()}
+    for bucket in complete_load_buckets(now, windows):
+        pipe.hgetall(keys.load(bucket))
+    return load_rates([{int(e): int(n) for e, n in window.items()} for window in pipe.execute()], windows)
 
 
 def group_rates(rates: dict[int, float], groups: list[ExpertGroup]) -> dict[str, float]:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+
+import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import web
 
 from eaas.engine.factory import load_tokenizer, monolithic_engine
 from eaas.gateway.engine_service import EngineService
@@ -46,13 +51,46 @@ def model_name() -> str:
     return SERVED_MODEL
 
 
+@contextlib.asynccontextmanager
+async def serving(service: EngineService, handler_cancellation: bool = False):
+    """A client of the app on a free port of 127.0.0.1, served like the gateway serves it (web.AppRunner)."""
+    runner = web.AppRunner(build_http_app(service, SERVED_MODEL), handler_cancellation=handler_cancellation)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
+            yield session
+    finally:
+        await runner.cleanup()
+    # Every request of the test must be gone from the engine before its event loop closes: the engine
+    # thread posts tokens to the loop of each live request.
+    deadline = time.monotonic() + 10
+    while service.busy and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert service.busy == 0, "a request outlived its test"
+
+
+@pytest.fixture
+def serve():
+    """serving() for a test that builds its own service."""
+    return serving
+
+
 @pytest_asyncio.fixture
 async def client(service):
-    async with TestClient(TestServer(build_http_app(service, SERVED_MODEL), host="127.0.0.1")) as c:
-        yield c
+    async with serving(service) as session:
+        yield session
+
+
+@pytest_asyncio.fixture
+async def cancelling_client(service):
+    """Like `client`, but aiohttp cancels a handler whose client disconnects (aiohttp's test servers do)."""
+    async with serving(service, handler_cancellation=True) as session:
+        yield session
 
 
 @pytest_asyncio.fixture
 async def tokenizerless_client(tokenizerless_service):
-    async with TestClient(TestServer(build_http_app(tokenizerless_service, SERVED_MODEL), host="127.0.0.1")) as c:
-        yield c
+    async with serving(tokenizerless_service) as session:
+        yield session

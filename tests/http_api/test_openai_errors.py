@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+import grpc
 import pytest
+
+from eaas.engine.factory import load_tokenizer, monolithic_engine
+from eaas.gateway.engine_service import EngineService
 
 pytestmark = pytest.mark.asyncio
 
@@ -70,3 +76,46 @@ async def test_unknown_route_and_wrong_method_get_json_errors(client):
     assert (missing.status, wrong_method.status) == (404, 405)
     for resp in (missing, wrong_method):
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+class ExpertsUnreachable(RuntimeError):
+    code = grpc.StatusCode.UNAVAILABLE  # what the remote expert backend raises when no replica answers
+
+
+@pytest.fixture
+def failing_service(tiny_model_dir):
+    """A service whose engine step fails once `steps_left` reaches 0 (set by the test)."""
+    engine = monolithic_engine(tiny_model_dir)
+    real_step = engine.step
+
+    def step():
+        if engine.steps_left == 0:
+            raise ExpertsUnreachable("no replica left for expert 3")
+        engine.steps_left -= 1
+        return real_step()
+
+    engine.steps_left, engine.step = 0, step
+    svc = EngineService(engine, load_tokenizer(tiny_model_dir))
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+async def test_failure_before_the_first_token_gets_503(failing_service, serve):
+    async with serve(failing_service) as client:
+        for stream in (False, True):
+            resp = await client.post("/v1/completions", json={"prompt": [1, 2], "stream": stream})
+            assert resp.status == 503
+            assert (await resp.json())["error"] == {"message": "no replica left for expert 3", "type": "server_error",
+                                                    "param": None, "code": "unavailable"}
+
+
+async def test_failure_mid_stream_ends_it_with_an_error_event(failing_service, serve):
+    failing_service.engine.steps_left = 3
+    async with serve(failing_service) as client:
+        resp = await client.post("/v1/completions", json={"prompt": [1, 2], "max_tokens": 10, "ignore_eos": True,
+                                                           "stream": True})
+        assert resp.status == 200
+        events = [json.loads(e[len("data: "):]) for e in (await resp.text()).split("\n\n") if e]
+    assert [len(e["choices"][0]["token_ids"]) for e in events[:-1]] == [1, 1, 1]
+    assert events[-1]["error"]["code"] == "unavailable"

@@ -157,21 +157,44 @@ async def test_health_and_metrics_report_the_engine(client):
     assert float(ttft_count.split()[-1]) >= 1
 
 
-async def test_client_leaving_mid_stream_frees_its_slot(client, service):
+LONG_REQUEST = {"prompt": PROMPT_IDS, "max_tokens": 2000, "temperature": 0, "ignore_eos": True}  # runs for seconds
+
+
+async def wait_until(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+async def leave_mid_stream_and_wait_for_the_slot(client, service) -> None:
     cancelled_before = finished_requests("cancelled")
-    # Long enough that it cannot finish on its own during the wait below.
-    resp = await client.post("/v1/completions", json={"prompt": PROMPT_IDS, "max_tokens": 2000, "temperature": 0,
-                                                      "ignore_eos": True, "stream": True})
+    resp = await client.post("/v1/completions", json={**LONG_REQUEST, "stream": True})
     assert resp.status == 200
     assert (await resp.content.readline()).startswith(b"data: ")  # a token came: the sequence is running
     assert service.busy == 1
     resp.close()  # drops the connection
 
-    deadline = time.monotonic() + 5
-    while service.busy and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert service.busy == 0
+    assert await wait_until(lambda: service.busy == 0)
     assert finished_requests("cancelled") == cancelled_before + 1  # aborted, not run to its 2000 tokens
+
+
+async def test_client_leaving_mid_stream_frees_its_slot(client, service):
+    await leave_mid_stream_and_wait_for_the_slot(client, service)
+
+
+async def test_client_leaving_mid_stream_frees_its_slot_when_aiohttp_cancels_the_handler(cancelling_client, service):
+    await leave_mid_stream_and_wait_for_the_slot(cancelling_client, service)
+
+
+async def test_client_leaving_a_non_stream_request_frees_its_slot(client, service):
+    cancelled_before = finished_requests("cancelled")
+    post = asyncio.create_task(client.post("/v1/completions", json=LONG_REQUEST))
+    assert await wait_until(lambda: service.busy == 1)
+    post.cancel()  # closes the connection while the server is still generating
+
+    assert await wait_until(lambda: service.busy == 0)
+    assert finished_requests("cancelled") == cancelled_before + 1
 
 
 async def test_without_a_tokenizer_only_token_id_prompts_work(tokenizerless_client):

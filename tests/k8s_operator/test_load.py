@@ -5,15 +5,32 @@ from __future__ import annotations
 import pytest
 import redis
 
-from eaas.operator.load import complete_buckets, delete_deployment_keys, expert_rates, group_rates, redis_client
+import asyncio
+
+from eaas.mempool import LoadRecorder
+from eaas.operator.load import delete_deployment_keys, expert_rates, group_rates, redis_client
 from eaas.topology import expert_groups
 
 pytestmark = pytest.mark.redis
 
 
-def test_complete_buckets_skip_the_open_window():
-    assert complete_buckets(1_000_005.0, 3) == [999_990, 999_980, 999_970]
-    assert complete_buckets(1_000_000.0, 1) == [999_990]
+def test_what_gateways_record_is_what_the_operator_reads(redis_server):
+    """The contract of docs/redis-schema.md, end to end: gateway writer -> operator reader."""
+    now = 1_000_005.0
+
+    async def record():
+        for gateway in range(2):  # two gateways add into the same windows
+            recorder = LoadRecorder.from_url(redis_server.url, deployment="mix")
+            recorder.add({0: 400, 3: 40}, now=999_991.0)
+            recorder.add({0: 200, 6: 100}, now=999_985.0)
+            recorder.add({0: 10_000}, now=now)  # the open window: the operator must not count it
+            assert await recorder.flush()
+            await recorder.stop()
+
+    asyncio.run(record())
+    rates = expert_rates(redis_client(redis_server.url), "mix", now, windows=2)
+    assert rates == {0: 2 * 600 / 20, 3: 2 * 40 / 20, 6: 2 * 100 / 20}
+    assert group_rates(rates, expert_groups(8, 4)) == {"g0": 64.0, "g1": 10.0}
 
 
 def test_rates_average_complete_windows_and_ignore_the_open_one(redis_server):
