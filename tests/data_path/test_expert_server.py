@@ -186,3 +186,36 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"eaas expert-server: error: {message}"]
+
+
+@pytest.mark.redis
+def test_redis_registration_lives_while_serving_and_goes_on_sigterm(redis_server):
+    import asyncio
+
+    from eaas.mempool.registry import RegistryReader
+
+    def registered() -> dict:
+        async def read():
+            reader = RegistryReader.from_url(redis_server.url, deployment="regtest")
+            try:
+                return await reader.replicas()
+            finally:
+                await reader.close()
+        return asyncio.run(read())
+
+    server = ExpertServer(tiny_mixtral(), "4-7", "--redis", redis_server.url, "--deployment", "regtest",
+                          "--group", "g1")
+    server.extra += ["--advertise", server.address]
+    try:
+        server.start().wait_ready()
+        deadline = time.monotonic() + 10
+        while server.address not in registered():
+            assert time.monotonic() < deadline, f"not registered; log:\n{server.output()}"
+            time.sleep(0.1)
+        entry = registered()[server.address]
+        assert (entry.group, entry.experts, entry.layers) == ("g1", (4, 5, 6, 7), (0, 1, 2))
+        assert entry.fingerprint == Checkpoint(tiny_mixtral()).fingerprint()
+        assert server.terminate() == 0
+        assert server.address not in registered()
+    finally:
+        server.close()

@@ -1,0 +1,105 @@
+"""Micro-batching of Combine requests: requests that arrive while the experts are busy run together.
+
+One compute thread owns the expert weights (one CUDA stream / the CPU cores). Whenever it is free it takes
+every queued job, groups them by (layer, k, weights dtype), concatenates their tokens, runs ONE combine
+per group and splits the output back per request. No timer: a lone request runs at once; batches form
+only from requests that queued up behind a running batch, so batching never adds latency.
+
+Exactness: the combine gathers each expert's tokens and runs one matmul over them; concatenating
+requests only appends rows to those matmuls. In bfloat16 a request's result is bit-identical to computing
+it alone (tests/data_path/test_batching_exact.py). In float32, MKL picks other kernels for small row
+counts, so the last bits of a row can depend on its batch-mates (~1e-6 relative): float rounding only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from eaas.expert_service.wire import CombineJob
+from eaas.model.experts import ExpertWeights
+
+BatchObserver = Callable[[int, torch.Tensor, float], None]  # (tokens, expert_ids, seconds) per combine
+
+
+class CombineBatcher:
+    def __init__(self, experts: ExpertWeights, device: torch.device, observe: BatchObserver | None = None):
+        self.experts = experts
+        self.device = device
+        self.observe = observe
+        self._queue: list[tuple[CombineJob, asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="expert-combine", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: CombineJob) -> asyncio.Future:
+        """Queue a job from the event loop; the future resolves to the [T, D] CPU output."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("batcher is closed")
+            self._queue.append((job, fut, loop))
+            self._cond.notify()
+        return fut
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closed and drained
+                batch, self._queue = self._queue, []
+            batch = [item for item in batch if not item[1].done()]  # skip requests cancelled while queued
+            groups: dict[tuple, list] = {}
+            for item in batch:
+                job = item[0]
+                groups.setdefault((job.layer, job.expert_ids.shape[1], job.weights.dtype), []).append(item)
+            for items in groups.values():
+                self._combine_group(items)
+
+    def _combine_group(self, items: list) -> None:
+        jobs = [job for job, _, _ in items]
+        try:
+            out = self.combine_jobs(jobs)
+        except Exception as exc:  # a bug or device error: fail these requests, keep serving
+            for _, fut, loop in items:
+                loop.call_soon_threadsafe(_set_exception, fut, exc)
+            return
+        for (_, fut, loop), part in zip(items, out):
+            loop.call_soon_threadsafe(_set_result, fut, part)
+
+    def combine_jobs(self, jobs: list[CombineJob]) -> list[torch.Tensor]:
+        """One combine over the concatenated tokens of jobs of the same layer; outputs split per job."""
+        layer = jobs[0].layer
+        hidden = torch.cat([j.hidden for j in jobs]) if len(jobs) > 1 else jobs[0].hidden
+        ids = torch.cat([j.expert_ids for j in jobs]) if len(jobs) > 1 else jobs[0].expert_ids
+        weights = torch.cat([j.weights for j in jobs]) if len(jobs) > 1 else jobs[0].weights
+        start = time.perf_counter()
+        out = self.experts.combine(layer, hidden.to(self.device), ids.to(self.device), weights.to(self.device))
+        out = out.cpu()  # synchronizes a CUDA stream, so the timing below is the real compute time
+        if self.observe is not None:
+            self.observe(hidden.shape[0], ids, time.perf_counter() - start)
+        return list(out.split([j.tokens for j in jobs]))
+
+
+def _set_result(fut: asyncio.Future, value) -> None:
+    if not fut.done():  # the RPC may have been cancelled meanwhile
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

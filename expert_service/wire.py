@@ -1,0 +1,118 @@
+"""Wire format of the expert data path: torch tensors <-> `eaas.v1.Tensor` (raw bytes + dtype + shape).
+
+Both sides use these functions, so the byte layout is defined once: little-endian, C order.
+`decode_combine` also validates a CombineRequest against what a server holds; every problem is a
+`WireError` whose message the server returns as INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from eaas.protos import expert_pb2
+from eaas.topology import format_expert_ids
+
+DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int32": torch.int32}
+NAME_BY_DTYPE = {v: k for k, v in DTYPE_BY_NAME.items()}
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+MAX_TOP_K = 64  # no family routes a token to more experts; bounds [T, k] allocations
+
+if sys.byteorder != "little":  # the wire is little-endian; torch.frombuffer reads native order
+    raise ImportError("eaas wire format needs a little-endian host")
+
+
+class WireError(ValueError):
+    """A malformed or unservable request; the message says what is wrong."""
+
+
+def encode_tensor(t: torch.Tensor) -> expert_pb2.Tensor:
+    t = t.detach().contiguous()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return expert_pb2.Tensor(data=data, dtype=NAME_BY_DTYPE[t.dtype], shape=list(t.shape))
+
+
+def decode_tensor(msg: expert_pb2.Tensor, what: str, allowed: tuple[str, ...]) -> torch.Tensor:
+    """A CPU tensor of msg's dtype and shape (a private copy: gRPC's bytes are read-only)."""
+    if msg.dtype not in allowed:
+        raise WireError(f"{what}: dtype {msg.dtype!r} not allowed here; expected one of {', '.join(allowed)}")
+    dtype = DTYPE_BY_NAME[msg.dtype]
+    shape = tuple(msg.shape)
+    if any(n < 0 for n in shape):
+        raise WireError(f"{what}: negative dimension in shape {list(shape)}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    expected = math.prod(shape) * itemsize
+    if len(msg.data) != expected:
+        raise WireError(f"{what}: {len(msg.data)} bytes do not match shape {list(shape)} of {msg.dtype} "
+                        f"({expected} bytes)")
+    if expected == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(msg.data), dtype=dtype).reshape(shape)
+
+
+@dataclass
+class CombineJob:
+    """One validated Combine request: what the batcher computes."""
+
+    layer: int
+    hidden: torch.Tensor      # [T, D]
+    expert_ids: torch.Tensor  # [T, k] int32
+    weights: torch.Tensor     # [T, k]
+    request_id: str = ""
+
+    @property
+    def tokens(self) -> int:
+        return self.hidden.shape[0]
+
+
+@dataclass(frozen=True)
+class ServedExperts:
+    """What a server holds: checked against every request."""
+
+    layers: frozenset[int]
+    expert_ids: frozenset[int]
+    num_experts: int
+    hidden_size: int
+    dtype: str
+    max_message_bytes: int
+
+    @cached_property
+    def accepts_id(self) -> torch.Tensor:
+        """Lookup at (expert id clamped to -2..num_experts) + 2: True for -1 and for held experts only."""
+        table = torch.zeros(self.num_experts + 3, dtype=torch.bool)
+        table[[1] + [e + 2 for e in self.expert_ids]] = True
+        return table
+
+
+def decode_combine(req: expert_pb2.CombineRequest, served: ServedExperts) -> CombineJob:
+    size = req.ByteSize()
+    if size > served.max_message_bytes:
+        raise WireError(f"request of {size} bytes exceeds this server's limit of {served.max_message_bytes} "
+                        f"bytes; split the batch")
+    if req.layer not in served.layers:
+        raise WireError(f"layer {req.layer} is not served here; layers: {sorted(served.layers)}")
+    hidden = decode_tensor(req.hidden, "hidden", (served.dtype,))
+    if hidden.dim() != 2 or hidden.shape[1] != served.hidden_size:
+        raise WireError(f"hidden: shape {list(hidden.shape)} is not [T, {served.hidden_size}]")
+    ids = decode_tensor(req.expert_ids, "expert_ids", ("int32",))
+    weights = decode_tensor(req.weights, "weights", FLOAT_DTYPES)
+    tokens = hidden.shape[0]
+    if ids.dim() != 2 or ids.shape[0] != tokens or not 1 <= ids.shape[1] <= MAX_TOP_K:
+        raise WireError(f"expert_ids: shape {list(ids.shape)} is not [{tokens}, k] with 1 <= k <= {MAX_TOP_K}")
+    if weights.shape != ids.shape:
+        raise WireError(f"weights: shape {list(weights.shape)} differs from expert_ids {list(ids.shape)}")
+    if tokens and not bool(served.accepts_id[(ids.clamp(-2, served.num_experts) + 2).long()].all()):
+        foreign = sorted(set(torch.unique(ids).tolist()) - served.expert_ids - {-1})
+        out_of_range = [e for e in foreign if not 0 <= e < served.num_experts]
+        if out_of_range:
+            raise WireError(f"expert ids {format_expert_ids(out_of_range)} out of range "
+                            f"0..{served.num_experts - 1} (use -1 for none)")
+        raise WireError(f"experts {format_expert_ids(foreign)} are not held by this server "
+                        f"(it holds {format_expert_ids(served.expert_ids)})")
+    return CombineJob(req.layer, hidden, ids, weights, req.request_id)
