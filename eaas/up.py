@@ -44,9 +44,12 @@ class Fleet:
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     tmp: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="eaas-up-"))
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], threads: int | None = None) -> subprocess.Popen:
         log = open(Path(self.tmp) / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = dict(os.environ)
+        if threads and "OMP_NUM_THREADS" not in os.environ:  # the user's setting wins
+            env["OMP_NUM_THREADS"] = str(threads)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.procs.append((name, proc))
         return proc
 
@@ -66,6 +69,12 @@ class Fleet:
                 p.kill()
                 p.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def threads_per_process(processes: int, cores: int | None = None) -> int:
+    """Compute threads for each of `processes` torch processes sharing this machine's cores."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
 
 
 def wait_healthy(fleet: Fleet, name: str, proc: subprocess.Popen, address: str, timeout_s: float) -> None:
@@ -108,6 +117,9 @@ def run(args) -> int:
     groups = expert_groups(num_experts, args.experts_per_server)
     fleet = Fleet()
     py = [sys.executable, "-m", "eaas.cli"]
+    # torch processes sharing cores must split them: OpenMP threads spinning on an oversubscribed
+    # machine make a 2 ms combine take 100+ ms
+    threads = threads_per_process(len(groups) * args.expert_replicas + args.gateways)
     try:
         redis_url = args.redis
         if args.gateways > 1 and not redis_url:
@@ -123,7 +135,7 @@ def run(args) -> int:
                              "--deployment", "local", "--dtype", args.dtype]
                 if redis_url:
                     argv += ["--redis", redis_url]
-                experts.append((name, fleet.spawn(name, argv), address))
+                experts.append((name, fleet.spawn(name, argv, threads), address))
                 addrs.append(address)
                 port += 1
             spec.append(f"{format_expert_ids(g.experts)}={','.join(addrs)}")
@@ -138,7 +150,7 @@ def run(args) -> int:
                          "--dtype", args.dtype]
             if redis_url:
                 argv += ["--redis", redis_url]
-            gateways.append((name, fleet.spawn(name, argv), grpc_addr))
+            gateways.append((name, fleet.spawn(name, argv, threads), grpc_addr))
         for name, proc, address in gateways:
             wait_healthy(fleet, name, proc, address, args.ready_timeout)
         print(f"eaas up: {len(groups)} expert groups x {args.expert_replicas} replicas "

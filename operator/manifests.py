@@ -194,7 +194,8 @@ def expert_command(spec: MoESpec, group: ExpertGroup) -> list[str]:
     model, _, _ = model_location(spec)
     return ["eaas", "expert-server", "--model", model, "--experts", format_expert_ids(group.experts),
             "--host", "0.0.0.0", "--port", str(EXPERT_GRPC_PORT), "--metrics-port", str(EXPERT_METRICS_PORT),
-            "--deployment", spec.name, "--group", group.name, *_redis_args(spec)]
+            "--deployment", spec.name, "--group", group.name,
+            "--advertise", f"$(POD_IP):{EXPERT_GRPC_PORT}", *_redis_args(spec)]  # the registry needs a reachable address
 
 
 def gateway_command(spec: MoESpec) -> list[str]:
@@ -211,7 +212,11 @@ def _eaas_container(spec: MoESpec, name: str, command: list[str], ports: dict[st
         "name": name,
         "image": spec.image,
         "command": command,
-        "env": [{"name": "HF_HOME", "value": "/tmp/huggingface"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "env": [{"name": "HF_HOME", "value": "/tmp/huggingface"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                # torch's OpenMP threads = the CPU limit (rounded up): more threads than cores make it spin
+                {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu",
+                                                                                 "divisor": "1"}}}],
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports.items()],
         "readinessProbe": _grpc_readiness(grpc_port),
         "volumeMounts": [*model_mounts, *extra_mounts],

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from conftest import free_port, wait_for_port
+from servers import free_port, wait_for_port
 
 _CHECKPOINTS: dict[int, Path] = {}
 

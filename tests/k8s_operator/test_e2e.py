@@ -245,7 +245,7 @@ def test_moedeployment_becomes_owned_children(control_plane, api, operator):
             assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("MoEDeployment", NAME, uid, True)
     assert command_of(api, "mix-experts-g1") == [
         "eaas", "expert-server", "--model", "hf://eaas/tiny-moe", "--experts", "4-7", "--host", "0.0.0.0",
-        "--port", "50051", "--metrics-port", "9090", "--deployment", NAME, "--group", "g1", "--redis", redis_url]
+        "--port", "50051", "--metrics-port", "9090", "--deployment", NAME, "--group", "g1", "--advertise", "$(POD_IP):50051", "--redis", redis_url]
     assert command_of(api, "mix-gateway") == [
         "eaas", "gateway", "--model", "hf://eaas/tiny-moe", "--topology", "/etc/eaas/topology.json",
         "--grpc-port", "50050", "--http-port", "8000", "--deployment", NAME, "--redis", redis_url]

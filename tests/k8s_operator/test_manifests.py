@@ -45,7 +45,10 @@ def test_groups_cover_all_experts_with_exact_expert_server_commands():
         assert deployment["spec"]["template"]["spec"]["containers"][0]["command"] == [
             "eaas", "expert-server", "--model", "/models/tiny", "--experts", ids, "--host", "0.0.0.0",
             "--port", "50051", "--metrics-port", "9090", "--deployment", "mix", "--group", group,
-            "--redis", "redis://redis.infra:6379/0"]
+            "--advertise", "$(POD_IP):50051", "--redis", "redis://redis.infra:6379/0"]
+        env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        assert env["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
         service = by_name(manifests, "Service", f"mix-experts-{group}")
         assert service["spec"]["clusterIP"] == "None"
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
