@@ -1,0 +1,95 @@
+"""The MemPool under `eaas up`: a gateway dies mid-stream and another resumes from the pool's KV
+blocks with identical tokens; Redis restarts under streaming load and no request fails."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+import pytest
+import torch
+from hf_checkpoints import write_hf_checkpoint
+
+from eaas.client import SyncClient
+
+
+def metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def stream_all(gateways, prompts, max_tokens, on_token=None, timeout=240):
+    results, errors, lock, count = {}, [], threading.Lock(), {"n": 0}
+
+    def run(i):
+        try:
+            with SyncClient(gateways, timeout=timeout) as client:
+                ids = []
+                for chunk in client.generate_stream(prompt_ids=prompts[i], max_tokens=max_tokens):
+                    ids.extend(chunk.token_ids)
+                    with lock:
+                        count["n"] += 1
+                        if on_token:
+                            on_token(count["n"])
+                results[i] = ids
+        except Exception as exc:  # collected; the test asserts there are none
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 60)
+    return results, errors
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_gateway_sigkill_mid_stream_resumes_on_the_other_gateway_from_the_pool(tmp_path, up_fleet):
+    hf = write_hf_checkpoint(tmp_path / "m", "qwen2_moe", seed=8)
+    fleet = up_fleet(tmp_path / "m", experts_per_server=4, replicas=1, gateways=2)
+    second_http = fleet.http.rsplit(":", 1)[0] + ":" + str(int(fleet.http.rsplit(":", 1)[1]) + 1)
+    prompts = [[(7 * i + 3 * j) % 250 + 1 for j in range(20 + 3 * i)] for i in range(4)]
+    first = fleet.gateway_process(0)
+    killed = {}
+
+    def kill_gateway_0(tokens):
+        if tokens >= 30 and not killed:  # every stream is past its first full KV blocks
+            killed["pid"] = first.pid
+            first.kill()
+
+    results, errors = stream_all(fleet.gateways, prompts, 24, kill_gateway_0)
+    assert killed and not errors, errors
+    for i, p in enumerate(prompts):
+        ref = hf.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False,
+                          attention_mask=torch.ones(1, len(p), dtype=torch.long))[0, len(p):].tolist()
+        assert results[i] == ref, f"prompt {i}"
+    assert metric(second_http, "eaas_mempool_hits_total") >= 1
+    assert metric(second_http, "eaas_gateway_prefill_tokens_reused_total") >= 16
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_redis_restart_while_streaming_fails_no_request(tmp_path, up_fleet, redis_server):
+    write_hf_checkpoint(tmp_path / "m", "mixtral", seed=9)
+    fleet = up_fleet(tmp_path / "m", experts_per_server=4, replicas=1, extra=("--redis", redis_server.url))
+    prompts = [[(5 * i + j) % 250 + 1 for j in range(18)] for i in range(10)]
+    baseline, errors = stream_all(fleet.gateways, prompts, 120)
+    assert not errors, errors
+    events: dict[str, float] = {}
+    restarter = threading.Thread(target=lambda: (redis_server.restart(down_seconds=1.0),
+                                                 events.setdefault("redis_back", time.monotonic())))
+
+    def restart_redis(tokens):
+        events["last_token"] = time.monotonic()
+        if tokens >= 40 and "restart" not in events:
+            events["restart"] = time.monotonic()
+            restarter.start()
+
+    results, errors = stream_all(fleet.gateways, prompts, 120, restart_redis)
+    restarter.join(30)
+    assert "redis_back" in events, "redis-server did not come back"
+    assert events["last_token"] > events["redis_back"], "the streams ended before Redis was back"
+    assert not errors, errors
+    assert results == baseline
