@@ -3,7 +3,8 @@
 #   make test  - install everything (Python deps, redis-server, the Kubernetes testbed, helm) and run all tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+# -P: never put the working directory on sys.path (our operator/ folder would shadow the stdlib module)
+PIP := $(PY) -P -m pip
 
 .PHONY: install test-deps test run protos clean
 
@@ -28,7 +29,7 @@ run: install
 	$(VENV)/bin/eaas up --demo
 
 protos: install
-	$(PY) protos/generate.py
+	$(PY) -P protos/generate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

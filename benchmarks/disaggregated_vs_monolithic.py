@@ -67,7 +67,7 @@ class ExpertFleet:
             wait_healthy(self.fleet, name, self.procs[name], addr, 180)
 
     def start(self, name, experts, addr):
-        argv = [sys.executable, "-m", "eaas.cli", "expert-server", "--model", self.model, "--experts",
+        argv = [sys.executable, "-P", "-m", "eaas.cli", "expert-server", "--model", self.model, "--experts",
                 format_expert_ids(experts), "--host", "127.0.0.1", "--port", addr.rsplit(":", 1)[1],
                 "--metrics-port", "0"]
         self.procs[name] = self.fleet.spawn(name, argv, threads=1)  # 2 cores: one OpenMP thread per server

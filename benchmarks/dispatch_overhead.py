@@ -103,7 +103,7 @@ def main() -> int:
     model = write_checkpoint(Path(tmp.name))
     ports = [free_port() for _ in range(3)]
     metrics_ports = [free_port() for _ in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "eaas.cli", "expert-server", "--model", str(model), "--experts",
+    procs = [subprocess.Popen([sys.executable, "-P", "-m", "eaas.cli", "expert-server", "--model", str(model), "--experts",
                                experts, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(mport)],
                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
              for experts, port, mport in zip(("0-3", "4-7"), ports, metrics_ports)]

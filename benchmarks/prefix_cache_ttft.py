@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as model:
         write_tiny_model(model, "mixtral", seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
-        up = subprocess.Popen([sys.executable, "-m", "eaas.cli", "up", "--model", model, "--expert-replicas", "1",
+        up = subprocess.Popen([sys.executable, "-P", "-m", "eaas.cli", "up", "--model", model, "--expert-replicas", "1",
                                "--expert-base-port", str(args.base_port), "--grpc-port", str(args.base_port + 50),
                                "--http-port", str(args.base_port + 60)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

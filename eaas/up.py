@@ -116,7 +116,7 @@ def run(args) -> int:
     num_experts = num_routed_experts(Checkpoint(model).config)
     groups = expert_groups(num_experts, args.experts_per_server)
     fleet = Fleet()
-    py = [sys.executable, "-m", "eaas.cli"]
+    py = [sys.executable, "-P", "-m", "eaas.cli"]  # -P: a cwd holding operator/ must not shadow the stdlib
     # torch processes sharing cores must split them: OpenMP threads spinning on an oversubscribed
     # machine make a 2 ms combine take 100+ ms
     threads = threads_per_process(len(groups) * args.expert_replicas + args.gateways)

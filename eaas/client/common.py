@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -59,6 +60,43 @@ def build_request(prompt_ids=None, prompt=None, max_tokens=16, temperature=0.0, 
     if seed is not None:
         req.seed = seed
     return req
+
+
+class ResumableStream:
+    """The decisions of one streamed generation across gateways (shared by both clients, no I/O)."""
+
+    def __init__(self, req: gateway_pb2.GenerateRequest, addresses: list[str], start: int, timeout: float,
+                 retries: int, backoff_s: float):
+        self.req = req
+        self.addresses = addresses
+        self.attempt_index = start
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.received: list[int] = []
+        self.failures = 0
+
+    def next_attempt(self) -> tuple[str, gateway_pb2.GenerateRequest, float]:
+        """(gateway address, request continuing after what was received, seconds left)."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise GenerationError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {self.timeout}s")
+        address = self.addresses[self.attempt_index % len(self.addresses)]
+        return address, resumed_request(self.req, self.received) if self.received else self.req, remaining
+
+    def got(self, msg: gateway_pb2.GenerateResponse) -> Chunk:
+        chunk = to_chunk(msg)
+        self.received.extend(chunk.token_ids)
+        return chunk
+
+    def failed(self, code: grpc.StatusCode, details: str) -> float:
+        """After a failed attempt: seconds to wait before the next gateway, or GenerationError."""
+        if code not in RETRYABLE or self.failures >= self.retries:
+            raise GenerationError(code, details or str(code))
+        self.failures += 1
+        self.attempt_index += 1  # another gateway, same session, continuing after `received`
+        return min(self.backoff_s * self.failures, max(0.0, self.deadline - time.monotonic()))
 
 
 def resumed_request(req: gateway_pb2.GenerateRequest, received: list[int]) -> gateway_pb2.GenerateRequest:

@@ -7,8 +7,7 @@ from typing import Iterator
 
 import grpc
 
-from eaas.client.common import (RETRYABLE, Chunk, Completion, GenerationError, build_request, normalize_addresses,
-                                resumed_request, to_chunk)
+from eaas.client.common import Chunk, Completion, ResumableStream, build_request, normalize_addresses
 from eaas.protos import gateway_pb2, gateway_pb2_grpc
 
 
@@ -26,31 +25,20 @@ class SyncClient:
 
     def generate_stream(self, **kwargs) -> Iterator[Chunk]:
         """Yield chunks as they come; on a retryable failure continue on another gateway (resume)."""
-        req = build_request(**kwargs)
-        deadline = time.monotonic() + self.timeout
-        received: list[int] = []
-        failures = 0
+        stream = ResumableStream(build_request(**kwargs), self.addresses, self._next, self.timeout, self.retries,
+                                 self.backoff_s)
         while True:
-            address = self.addresses[self._next % len(self.addresses)]
-            attempt = resumed_request(req, received) if received else req
+            address, attempt, remaining = stream.next_attempt()
             try:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise GenerationError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {self.timeout}s")
                 for msg in self._stubs[address].Generate(attempt, timeout=remaining):
-                    chunk = to_chunk(msg)
-                    received.extend(chunk.token_ids)
+                    chunk = stream.got(msg)
                     yield chunk
                     if chunk.finish_reason:
                         return
                 return
             except grpc.RpcError as err:
-                code = err.code()
-                if code not in RETRYABLE or failures >= self.retries:
-                    raise GenerationError(code, err.details() or str(code)) from None
-                failures += 1
-                self._next += 1  # another gateway, same session, continuing after `received`
-                time.sleep(min(self.backoff_s * failures, max(0.0, deadline - time.monotonic())))
+                time.sleep(stream.failed(err.code(), err.details()))
+                self._next = stream.attempt_index
 
     def generate(self, **kwargs) -> Completion:
         done = Completion()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-EAAS = [sys.executable, "-m", "eaas.cli"]
+EAAS = [sys.executable, "-P", "-m", "eaas.cli"]
 
 
 def eaas(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -48,7 +48,7 @@ class ExpertServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> ExpertServer:
-        cmd = [sys.executable, "-m", "eaas.cli", "expert-server", "--model", str(self.model), "--experts",
+        cmd = [sys.executable, "-P", "-m", "eaas.cli", "expert-server", "--model", str(self.model), "--experts",
                self.experts, "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port",
                str(self.metrics_port), *self.extra]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,

@@ -182,7 +182,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(servers):
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     base = ["--model", str(tiny_mixtral()), "--port", "0", "--metrics-port", "0"]
-    proc = subprocess.run([sys.executable, "-m", "eaas.cli", "expert-server", *base, *args],
+    proc = subprocess.run([sys.executable, "-P", "-m", "eaas.cli", "expert-server", *base, *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"eaas expert-server: error: {message}"]

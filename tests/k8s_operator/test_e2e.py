@@ -98,7 +98,7 @@ def operator(control_plane, release, api, redis_server_session, tmp_path_factory
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     with open(running.log, "wb") as out:
         running.proc = subprocess.Popen(
-            [sys.executable, "-m", "eaas.cli", "operator", "--standalone", "--namespace", NAMESPACE,
+            [sys.executable, "-P", "-m", "eaas.cli", "operator", "--standalone", "--namespace", NAMESPACE,
              "--redis-url", redis_server_session.url, "--verbose"],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=folder)
     yield running

@@ -38,7 +38,7 @@ class UpFleet:
     def __init__(self, model_dir, experts_per_server=4, replicas=2, gateways=1, extra=()):
         base = free_port_run(32)
         self.grpc_ports = [base + 20 + i for i in range(gateways)]
-        argv = [sys.executable, "-m", "eaas.cli", "up", "--model", str(model_dir),
+        argv = [sys.executable, "-P", "-m", "eaas.cli", "up", "--model", str(model_dir),
                 "--experts-per-server", str(experts_per_server), "--expert-replicas", str(replicas),
                 "--gateways", str(gateways), "--expert-base-port", str(base), "--grpc-port", str(base + 20),
                 "--http-port", str(base + 25), *extra]

@@ -43,7 +43,7 @@ def test_eaas_up_greedy_equals_transformers(arch, tmp_path, up_fleet):
         t.join(180)
     for i, prompt in enumerate(PROMPTS):
         assert results[i] == hf_greedy(hf, prompt, 10), f"{arch} prompt {i}"
-    cli = subprocess.run([sys.executable, "-m", "eaas.cli", "generate", "--gateway", fleet.gateways[0],
+    cli = subprocess.run([sys.executable, "-P", "-m", "eaas.cli", "generate", "--gateway", fleet.gateways[0],
                           "--prompt-ids", ",".join(map(str, PROMPTS[0])), "--max-tokens", "10", "--temperature", "0",
                           "--json"], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
