@@ -50,7 +50,9 @@ class GrpcTransport:
             channel = grpc.aio.insecure_channel(address, options=[
                 ("grpc.max_receive_message_length", TRANSPORT_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", TRANSPORT_MESSAGE_BYTES),
-                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)])
+                # a replica restarted on the same address is re-admitted within ~1 s, not after gRPC's 20 s minimum
+                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)])
             entry = (channel, expert_pb2_grpc.ExpertServiceStub(channel), health_pb2_grpc.HealthStub(channel))
             self._channels[address] = entry
         return entry
