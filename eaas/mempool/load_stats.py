@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 import torch
 from prometheus_client import CollectorRegistry
 
+from eaas.mempool.background import cancel_and_wait
 from eaas.mempool.keys import LOAD_BUCKET_S, LOAD_KEY_TTL_S, DeploymentKeys, complete_load_buckets, load_bucket
 from eaas.mempool.metrics import MempoolMetrics, mempool_metrics
 from eaas.mempool.redis_link import RedisGuard, connect, describe
@@ -181,13 +182,8 @@ class LoadRecorder:
 
     async def stop(self) -> None:
         """Stop the background flushes, flush what is pending once more and close the store."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.flush()
         await self.store.close()
 

@@ -18,6 +18,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from eaas.mempool.background import cancel_and_wait
 from eaas.mempool.keys import DeploymentKeys
 from eaas.mempool.metrics import MempoolMetrics, mempool_metrics
 from eaas.mempool.redis_link import RedisGuard, connect, describe
@@ -181,13 +182,8 @@ class Heartbeat:
 
     async def stop(self) -> None:
         """Stop refreshing and deregister, so gateways drop this replica at once instead of after the TTL."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.store.remove(self.info.address)
         await self.store.close()
 
