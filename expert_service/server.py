@@ -119,7 +119,7 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
     try:
         bound = server.add_insecure_port(f"{config.host}:{config.port}")
-    except RuntimeError as exc:  # grpc raises RuntimeError when the address cannot be bound
+    except RuntimeError:  # grpc raises RuntimeError when the address cannot be bound
         bound = 0
     if bound == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")

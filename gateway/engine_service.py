@@ -18,6 +18,7 @@ from typing import AsyncIterator
 
 from eaas.engine.llm_engine import LLMEngine, RequestError
 from eaas.engine.sequence import SamplingParams, Sequence
+from eaas.gateway.detokenizer import IncrementalDetokenizer
 from eaas.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("eaas.gateway")
@@ -51,6 +52,7 @@ class _Request:
     seq: Sequence | None = None
     last_token_at: float | None = None
     offered_blocks: int = 0         # full KV blocks already offered to the pool
+    detokenizer: IncrementalDetokenizer | None = None
 
 
 class EngineService:
@@ -100,7 +102,8 @@ class EngineService:
         full_prompt = list(prompt_ids) + resume_ids
         self.engine.check_request(full_prompt, params)  # raises RequestError before anything is queued
         loop = asyncio.get_running_loop()
-        req = _Request(full_prompt, params, request_id, len(resume_ids), loop, asyncio.Queue())
+        req = _Request(full_prompt, params, request_id, len(resume_ids), loop, asyncio.Queue(),
+                       detokenizer=IncrementalDetokenizer(self.tokenizer))
         self.metrics.requests_started()
         self._inbox.put(("add", req))
         self._wake.set()
@@ -172,7 +175,8 @@ class EngineService:
         req.last_token_at = now
         self.metrics.tokens_generated.inc()
         index = req.resumed + len(seq.output_ids) - 1
-        event = TokenEvent([token], self._new_text(seq), index, seq.finish_reason if seq.is_finished else None)
+        text = req.detokenizer.step(seq.output_ids, final=seq.is_finished)
+        event = TokenEvent([token], text, index, seq.finish_reason if seq.is_finished else None)
         if seq.is_finished:
             self._live.pop(seq.seq_id, None)
         self._post(req, event)
@@ -186,19 +190,6 @@ class EngineService:
                 self.engine.abort(req.seq)
             if req.seq is not None:
                 self._live.pop(req.seq.seq_id, None)
-
-    def _new_text(self, seq: Sequence) -> str:
-        """Text added by the newest token; held back while it ends inside a multi-byte character."""
-        if self.tokenizer is None:
-            return ""
-        ids = seq.output_ids
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        before = self.tokenizer.decode(ids[:-1], skip_special_tokens=True) if len(ids) > 1 else ""
-        if text.endswith("\ufffd") and not seq.is_finished:
-            return ""
-        while before.endswith("\ufffd"):
-            before = before[:-1]
-        return text[len(before):]
 
     def _fail_all(self, exc: Exception) -> None:
         code = getattr(exc, "code", None)  # a grpc.StatusCode on the remote backend's errors

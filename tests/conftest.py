@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from servers import RedisServer, free_port, wait_for_port  # noqa: F401  (re-exported for conftest users)
+from servers import RedisServer
 
 
 @pytest.fixture

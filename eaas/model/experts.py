@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from eaas.errors import UserError
 from eaas.model.checkpoint import Checkpoint
