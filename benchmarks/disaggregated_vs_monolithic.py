@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--hidden-size", type=int, default=256)
-    ap.add_argument("--micro-batches", type=int, default=2)
+    ap.add_argument("--micro-batches", type=int, default=1,
+                    help="1 on one machine (no idle cores to overlap with); 2+ when experts run elsewhere")
     ap.add_argument("--fault-seconds", type=float, default=40.0, help="0 skips the fault run")
     ap.add_argument("--base-port", type=int, default=24000)
     args = ap.parse_args()

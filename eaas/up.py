@@ -145,9 +145,11 @@ def run(args) -> int:
         for i in range(args.gateways):
             name = f"gateway-{i}"
             grpc_addr = f"{args.host}:{args.grpc_port + i}"
+            # one micro-batch: on a single machine the experts share the gateway's cores, so there is no
+            # idle hardware to overlap with and more micro-batches only add RPCs (measured: 0.59 vs 0.55)
             argv = py + ["gateway", "--model", str(model), "--expert-servers", ";".join(spec), "--host", args.host,
                          "--grpc-port", str(args.grpc_port + i), "--http-port", str(args.http_port + i),
-                         "--dtype", args.dtype]
+                         "--dtype", args.dtype, "--micro-batches", "1"]
             if redis_url:
                 argv += ["--redis", redis_url]
             gateways.append((name, fleet.spawn(name, argv, threads), grpc_addr))
