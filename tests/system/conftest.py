@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import psutil
 import pytest
-
-
-def free_port_run(n: int) -> int:
-    """A base port with n consecutive free ports, below the ephemeral range (no clash with client sockets)."""
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - n)
-        try:
-            socks = []
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports")
+from servers import free_port_run
 
 
 class UpFleet:
