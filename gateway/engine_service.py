@@ -141,7 +141,7 @@ class EngineService:
             try:
                 outputs = self.engine.step()
             except Exception as exc:  # a failed forward fails the sequences that were in it
-                self._fail_all(exc)
+                self._fail_running(exc)
                 continue
             now = time.perf_counter()
             for out in outputs:
@@ -191,15 +191,19 @@ class EngineService:
             if req.seq is not None:
                 self._live.pop(req.seq.seq_id, None)
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _fail_running(self, exc: Exception) -> None:
+        """A failed forward fails the sequences that were in it; queued requests keep their turn."""
         code = getattr(exc, "code", None)  # a grpc.StatusCode on the remote backend's errors
         name = code.name.lower() if hasattr(code, "name") else "internal"
         log.error("engine step failed: %s", exc)
         failure = GenerationFailed(name, str(exc))
-        for req in list(self._live.values()):
-            self.engine.abort(req.seq)
-            self._post(req, failure)
-        self._live.clear()
+        # a failure before anything was admitted would repeat forever: then every live request fails
+        victims = list(self.engine.running) or [req.seq for req in self._live.values()]
+        for seq in victims:
+            self.engine.abort(seq)
+            req = self._live.pop(seq.seq_id, None)
+            if req is not None:
+                self._post(req, failure)
 
     # --- MemPool: context caching and resume ----------------------------------------------------
     def _import_cached_prefix(self, req: _Request) -> None:

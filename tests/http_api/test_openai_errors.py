@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
 import pytest
 
 from eaas.engine.factory import load_tokenizer, monolithic_engine
+from eaas.engine.sequence import SamplingParams
 from eaas.gateway.engine_service import EngineService
 
 pytestmark = pytest.mark.asyncio
@@ -119,3 +121,33 @@ async def test_failure_mid_stream_ends_it_with_an_error_event(failing_service, s
         events = [json.loads(e[len("data: "):]) for e in (await resp.text()).split("\n\n") if e]
     assert [len(e["choices"][0]["token_ids"]) for e in events[:-1]] == [1, 1, 1]
     assert events[-1]["error"]["code"] == "unavailable"
+
+
+async def test_a_failed_step_fails_its_batch_and_the_queue_keeps_its_turn(tiny_model_dir):
+    from eaas.engine.scheduler import ScheduleLimits
+    from eaas.gateway.engine_service import GenerationFailed
+
+    engine = monolithic_engine(tiny_model_dir, limits=ScheduleLimits(max_num_seqs=1, max_batched_tokens=64))
+    real_forward = engine._forward
+    calls = {"n": 0}
+
+    def forward_failing_once(batch, counts):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first request's first decode step: experts unreachable
+            raise ExpertsUnreachable("no replica left for expert 3")
+        return real_forward(batch, counts)
+
+    engine._forward = forward_failing_once
+    svc = EngineService(engine, None)
+    svc.start()
+    try:
+        params = SamplingParams(max_tokens=4, ignore_eos=True)
+
+        async def run(prompt):
+            return [e.token_ids[0] async for e in svc.generate(prompt, params)]
+
+        first, second = await asyncio.gather(run([1, 2, 3]), run([4, 5, 6]), return_exceptions=True)
+        assert isinstance(first, GenerationFailed) and first.code == "unavailable"
+        assert second == engine.generate([[4, 5, 6]], params)[0]  # queued: unaffected, exact
+    finally:
+        svc.stop()
