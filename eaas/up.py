@@ -165,7 +165,8 @@ def run(args) -> int:
             print(f"  mempool: {redis_url}", flush=True)
         print(f"  logs: {fleet.tmp}", flush=True)
         if args.demo:
-            return _demo([a for _, _, a in gateways])
+            has_tokenizer = (model / "tokenizer.json").is_file() or (model / "tokenizer_config.json").is_file()
+            return _demo([a for _, _, a in gateways], has_tokenizer)
         print("ready; Ctrl-C stops everything", flush=True)
         _wait_for_signal(fleet)
         return 0
@@ -193,14 +194,14 @@ def _start_local_redis(fleet: Fleet, host: str) -> str:
     raise UserError("the local redis-server did not start")
 
 
-def _demo(addresses: list[str]) -> int:
+def _demo(addresses: list[str], has_tokenizer: bool) -> int:
     from eaas.client import SyncClient
 
-    prompt = "The experts"
-    print(f"\ndemo: streaming a completion of {prompt!r} through {addresses[0]}", flush=True)
+    prompt = {"prompt": "The experts"} if has_tokenizer else {"prompt_ids": [1, 17, 42]}
+    print(f"\ndemo: streaming a completion of {next(iter(prompt.values()))!r} through {addresses[0]}", flush=True)
     with SyncClient(addresses, timeout=120) as client:
         ids = []
-        for chunk in client.generate_stream(prompt=prompt, max_tokens=24, ignore_eos=True):
+        for chunk in client.generate_stream(**prompt, max_tokens=24, ignore_eos=True):
             ids.extend(chunk.token_ids)
             print(f"{chunk.token_ids[0]} ", end="", flush=True)
         print(f"\ndemo: {len(ids)} tokens, finish_reason={chunk.finish_reason}", flush=True)

@@ -12,8 +12,9 @@ from servers import free_port_run
 
 
 @pytest.mark.slow
-def test_demo_streams_a_completion_and_exits(tmp_path):
-    write_hf_checkpoint(tmp_path / "m", "mixtral", seed=12, with_tokenizer=True)
+@pytest.mark.parametrize("with_tokenizer", [True, False])
+def test_demo_streams_a_completion_and_exits(tmp_path, with_tokenizer):
+    write_hf_checkpoint(tmp_path / "m", "mixtral", seed=12, with_tokenizer=with_tokenizer)
     base = free_port_run(32)
     proc = subprocess.run([sys.executable, "-P", "-m", "eaas.cli", "up", "--demo", "--model", str(tmp_path / "m"),
                            "--expert-base-port", str(base), "--grpc-port", str(base + 20),
@@ -21,6 +22,7 @@ def test_demo_streams_a_completion_and_exits(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 expert groups x 2 replicas (4 expert processes)" in proc.stdout
     assert "demo: 24 tokens, finish_reason=length" in proc.stdout
+    assert ("'The experts'" if with_tokenizer else "[1, 17, 42]") in proc.stdout
 
 
 @pytest.mark.slow
