@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import uuid
@@ -12,15 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
+from servers import RedisServer, wait_for_port
 
 from eaas.mempool.kv_pool import KVPool
 from eaas.mempool.kv_store import MemoryKVStore
 
-# tests/conftest.py is a pytest plugin, not an importable module: load its RedisServer by path.
-_spec = importlib.util.spec_from_file_location("eaas_tests_root_conftest", Path(__file__).parents[1] / "conftest.py")
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
-RedisServer = _root.RedisServer
 
 
 class TlsRedisServer(RedisServer):
@@ -45,7 +40,7 @@ class TlsRedisServer(RedisServer):
              "--tls-ca-cert-file", str(self.cert), "--tls-auth-clients", "no",
              "--dir", self.dir, "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _root.wait_for_port(self.port)
+        wait_for_port(self.port)
 
 
 @dataclass
