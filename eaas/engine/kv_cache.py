@@ -126,8 +126,13 @@ class PackedKVCache:
         self.kvs = kvs
         self.layout = layout
         self.store.reserve(layout.max_context)
-        slots = torch.tensor([kv.slot for kv in kvs], dtype=torch.long)
+        slot_list = [kv.slot for kv in kvs]
+        slots = torch.tensor(slot_list, dtype=torch.long)
         self.batch_slots = slots
+        # slots lo..lo+B-1 in order (the usual case: the free list hands out the lowest first): attention
+        # can read a view of the store instead of gathering a copy every layer
+        lo = slot_list[0]
+        self.slot_range = slice(lo, lo + len(slot_list)) if slot_list == list(range(lo, lo + len(slot_list))) else None
         self.token_slots = slots.repeat_interleave(torch.tensor(layout.new))  # [T]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -138,6 +143,8 @@ class PackedKVCache:
         kb[self.token_slots, :, pos] = k_new
         vb[self.token_slots, :, pos] = v_new
         n = self.layout.max_context
+        if self.slot_range is not None:
+            return kb[self.slot_range, :, :n], vb[self.slot_range, :, :n]
         return kb[:, :, :n].index_select(0, self.batch_slots), vb[:, :, :n].index_select(0, self.batch_slots)
 
     def commit(self) -> None:

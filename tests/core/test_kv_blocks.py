@@ -41,3 +41,17 @@ def test_blocks_are_exact_copies_of_the_cache(mixtral_dir):
     assert torch.equal(blocks[1][0], k0[:, BLOCK:2 * BLOCK])
     blocks[1][0].zero_()  # exports are copies: the live cache is untouched
     assert not torch.equal(blocks[1][0], k0[:, BLOCK:2 * BLOCK])
+
+
+def test_batches_over_scattered_slots_match_each_sequence_alone(mixtral_dir):
+    """Attention reads a view when a batch's slots are contiguous and gathers otherwise: same numbers."""
+    engine = monolithic_engine(mixtral_dir)
+    store = engine.kv_slots
+    kvs = [store.new_sequence() for _ in range(3)]  # slots 0, 1, 2
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    batch = [kvs[2], kvs[0]]  # out of order: the gather path
+    together = engine.runner.forward(prompts[0] + prompts[1], batch, [4, 3])
+    alone = [engine.runner.forward(p, [store.new_sequence()], [len(p)])[0] for p in prompts]
+    assert torch.allclose(together[0], alone[0], atol=1e-5) and torch.allclose(together[1], alone[1], atol=1e-5)
+    step = engine.runner.forward([1, 2], batch, [1, 1])  # a decode step over the same scattered slots
+    assert step.shape == (2, engine.model.vocab_size) and torch.isfinite(step).all()
