@@ -7,10 +7,10 @@ import json
 import subprocess
 import sys
 import threading
-import urllib.request
 
 import pytest
 import torch
+from concurrent_streams import metric, stream_all
 from hf_checkpoints import write_hf_checkpoint
 
 from eaas.client import SyncClient
@@ -57,29 +57,7 @@ def test_sigkill_of_an_expert_replica_mid_stream_changes_no_token(tmp_path, up_f
     prompts = [[(i * 13 + j) % 250 + 1 for j in range(4 + i % 5)] for i in range(12)]
 
     def run_all(on_progress=None) -> dict[int, list[int]]:
-        results, errors = {}, []
-        progress = {"tokens": 0}
-        lock = threading.Lock()
-
-        def run(i):
-            try:
-                with SyncClient(fleet.gateways, timeout=180) as client:
-                    ids = []
-                    for chunk in client.generate_stream(prompt_ids=prompts[i], max_tokens=40, ignore_eos=True):
-                        ids.extend(chunk.token_ids)
-                        with lock:
-                            progress["tokens"] += 1
-                            if on_progress:
-                                on_progress(progress["tokens"])
-                    results[i] = ids
-            except Exception as exc:  # recorded: the assertion below names it
-                errors.append(repr(exc))
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
+        results, errors = stream_all(fleet.gateways, prompts, 40, on_progress, timeout=180, ignore_eos=True)
         assert not errors, errors
         return results
 
@@ -97,7 +75,4 @@ def test_sigkill_of_an_expert_replica_mid_stream_changes_no_token(tmp_path, up_f
     assert not victim.is_running() or victim.status() == "zombie"
     assert faulted == baseline
     assert all(len(v) == 40 for v in faulted.values())
-    metrics = urllib.request.urlopen(fleet.http + "/metrics", timeout=10).read().decode()
-    failures = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                   if line.startswith("eaas_gateway_expert_rpc_failures_total"))
-    assert failures >= 1  # the gateway really lost calls to the dead replica and failed over
+    assert metric(fleet.http, "eaas_gateway_expert_rpc_failures_total") >= 1  # the gateway really lost calls to the dead replica and failed over

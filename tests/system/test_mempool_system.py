@@ -5,43 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 
 import pytest
 import torch
+from concurrent_streams import metric, stream_all
 from hf_checkpoints import write_hf_checkpoint
 
-from eaas.client import SyncClient
-
-
-def metric(url: str, name: str) -> float:
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-
-def stream_all(gateways, prompts, max_tokens, on_token=None, timeout=240):
-    results, errors, lock, count = {}, [], threading.Lock(), {"n": 0}
-
-    def run(i):
-        try:
-            with SyncClient(gateways, timeout=timeout) as client:
-                ids = []
-                for chunk in client.generate_stream(prompt_ids=prompts[i], max_tokens=max_tokens):
-                    ids.extend(chunk.token_ids)
-                    with lock:
-                        count["n"] += 1
-                        if on_token:
-                            on_token(count["n"])
-                results[i] = ids
-        except Exception as exc:  # collected; the test asserts there are none
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout + 60)
-    return results, errors
 
 
 @pytest.mark.slow
