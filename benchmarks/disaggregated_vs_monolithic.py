@@ -40,7 +40,6 @@ def decode_tokens_per_s(engine, batch, new_tokens) -> tuple[float, int]:
     engine.generate(batch[:4], SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
     start = time.perf_counter()
     seqs = [engine.add_request(p, params) for p in batch]
-    failed = 0
     while engine.has_unfinished():
         engine.step()
     elapsed = time.perf_counter() - start
@@ -121,7 +120,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
 
     errors: list[str] = []
 
-    def run_for(seconds: float) -> tuple[float, int, int]:
+    def run_for(seconds: float) -> tuple[float, int]:
         done = failed = 0
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -134,9 +133,9 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 engine.waiting.clear()
                 engine.running.clear()
-        return done / (time.perf_counter() - start), failed, 0
+        return done / (time.perf_counter() - start), failed
 
-    clean, clean_failed, _ = run_for(args.fault_seconds)
+    clean, clean_failed = run_for(args.fault_seconds)
     stop = threading.Event()
     kills, recoveries = [], []
 
@@ -160,7 +159,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    faulty, faulty_failed, _ = run_for(args.fault_seconds)
+    faulty, faulty_failed = run_for(args.fault_seconds)
     stop.set()
     t.join()
     print(f"faults: {len(kills)} replicas SIGKILLed in {args.fault_seconds:.0f}s ({', '.join(kills)}); "

@@ -22,7 +22,6 @@ from eaas.gateway import discovery
 from eaas.gateway.engine_service import EngineService
 from eaas.gateway.grpc_api import GatewayServicer
 from eaas.gateway.remote_backend import RemoteExpertBackend
-from eaas.gateway.routing_counter import RoutingCounter
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.families import num_routed_experts
 from eaas.protos import gateway_pb2, gateway_pb2_grpc
@@ -30,6 +29,12 @@ from eaas.topology import format_expert_ids
 
 log = logging.getLogger("eaas.gateway")
 GATEWAY_SERVICE = "eaas.v1.Gateway"
+
+
+def routed_since(previous: list[int], totals: list[int]) -> dict[int, int]:
+    """{expert: tokens} added between two snapshots of cumulative per-expert counts (lists grow, never shrink)."""
+    return {e: n - (previous[e] if e < len(previous) else 0) for e, n in enumerate(totals)
+            if n > (previous[e] if e < len(previous) else 0)}
 
 
 @dataclass
@@ -66,7 +71,6 @@ class Gateway:
             self.registry = RegistryReader.from_url(opts.redis, deployment=opts.deployment)
         self.backend: RemoteExpertBackend | None = None
         self.service: EngineService | None = None
-        self.counter = RoutingCounter(self.num_experts)
         self._stopping = asyncio.Event()
 
     # --- replica table --------------------------------------------------------------------------
@@ -93,8 +97,8 @@ class Gateway:
                                    f"(have experts {format_expert_ids(have) or 'none'} of 0-{self.num_experts - 1})")
             await asyncio.sleep(0.5)
 
-    async def _refresh_loop(self) -> None:
-        last = None
+    async def _refresh_loop(self, last: list) -> None:
+        """`last`: the table the backend already has (no need to verify it again)."""
         while not self._stopping.is_set():
             await asyncio.sleep(self.opts.refresh_s)
             try:
@@ -108,10 +112,14 @@ class Gateway:
 
     # --- load statistics ------------------------------------------------------------------------
     async def _load_loop(self, recorder) -> None:
+        """Per-expert load for the autoscaler: what the backend counted (for Prometheus) since the last pass."""
+        seen: list[int] = []
         while not self._stopping.is_set():
             await asyncio.sleep(1.0)
-            counts = self.counter.drain()
-            if counts and recorder is not None:
+            totals = self.backend.metrics.tokens_routed.counts()
+            counts = routed_since(seen, totals)
+            seen = totals
+            if counts:
                 recorder.add(counts)
 
     # --- serving --------------------------------------------------------------------------------
@@ -120,8 +128,6 @@ class Gateway:
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
                                      ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches)
-        if o.redis:  # per-expert load for the autoscaler (Prometheus gets it from the remote backend)
-            engine.model.set_observer(self.counter.observe)
         kv_pool = None
         if o.prefix_cache:
             from eaas.mempool import SyncKVPool
@@ -179,7 +185,9 @@ class Gateway:
 
             recorder = LoadRecorder.from_url(o.redis, deployment=o.deployment)
             recorder.start()
-        tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._load_loop(recorder))]
+        tasks = [asyncio.create_task(self._refresh_loop(groups))]
+        if recorder is not None:
+            tasks.append(asyncio.create_task(self._load_loop(recorder)))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)

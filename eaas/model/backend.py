@@ -34,13 +34,10 @@ class LocalExpertBackend:
 class RoutedExperts(nn.Module):
     """Stands in for transformers' `layer.mlp.experts`: same call signature, forwards to a backend."""
 
-    def __init__(self, layer_idx: int, backend: ExpertBackend, observer=None):
+    def __init__(self, layer_idx: int, backend: ExpertBackend):
         super().__init__()
         self.layer_idx = layer_idx
         self.backend = backend
-        self.observer = observer  # optional callback(layer, expert_ids) for load statistics
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
-        if self.observer is not None:
-            self.observer(self.layer_idx, top_k_index)
         return self.backend.combine(self.layer_idx, hidden_states, top_k_index, top_k_weights)

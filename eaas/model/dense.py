@@ -25,7 +25,6 @@ class DenseModel:
     checkpoint: Checkpoint
     dtype: torch.dtype
     moe_layers: list[int]
-    routed: list[RoutedExperts]   # one per MoE layer, in layer order
 
     @property
     def config(self):
@@ -47,24 +46,16 @@ class DenseModel:
         ids = {eos} if isinstance(eos, int) else set(eos)
         return {i for i in ids if 0 <= i < self.vocab_size}
 
-    def set_backend(self, backend: ExpertBackend) -> None:
-        for r in self.routed:
-            r.backend = backend
 
-    def set_observer(self, observer) -> None:
-        for r in self.routed:
-            r.observer = observer
-
-
-def _swap_experts(model: nn.Module, backend: ExpertBackend) -> tuple[list[int], list[RoutedExperts]]:
-    layers, routed = [], []
+def _swap_experts(model: nn.Module, backend: ExpertBackend) -> list[int]:
+    """Replace every layer's routed experts by the backend seam; returns the MoE layer indices."""
+    layers = []
     for idx, layer in enumerate(model.model.layers):
         mlp = getattr(layer, "mlp", None)
         if mlp is not None and hasattr(mlp, "experts"):
             mlp.experts = RoutedExperts(idx, backend)
             layers.append(idx)
-            routed.append(mlp.experts)
-    return layers, routed
+    return layers
 
 
 def _keep_fp32_names(model: nn.Module) -> list[str]:
@@ -85,7 +76,7 @@ def load_dense_model(ckpt: Checkpoint, backend: ExpertBackend, dtype: torch.dtyp
     config._attn_implementation = ATTENTION_NAME
     with torch.device("meta"):
         model = cls(config)
-    moe_layers, routed = _swap_experts(model, backend)
+    moe_layers = _swap_experts(model, backend)
     model.to_empty(device="cpu")
     model.to(dtype)
     # Non-persistent buffers (rotary frequencies) are not in the checkpoint: rebuild them for real.
@@ -114,4 +105,4 @@ def load_dense_model(ckpt: Checkpoint, backend: ExpertBackend, dtype: torch.dtyp
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.eval()
-    return DenseModel(model, ckpt, dtype, moe_layers, routed)
+    return DenseModel(model, ckpt, dtype, moe_layers)

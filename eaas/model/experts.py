@@ -43,9 +43,6 @@ class ExpertWeights:
         self.dtype = dtype
         self.act_fn = ACT2FN[act]
 
-    def holds(self, layer: int) -> bool:
-        return layer in self.layers
-
     @torch.inference_mode()
     def combine(self, layer: int, hidden: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """hidden [T, D], expert_ids [T, k] (int, -1 = none), weights [T, k] -> [T, D] weighted sum."""

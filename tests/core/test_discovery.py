@@ -54,3 +54,11 @@ def test_registry_entries_group_by_experts_and_skip_other_models():
     groups = groups_from_registry(replicas, "fp1")
     assert groups == [GroupSpec((0, 1), ("a:1", "b:1"), "g0"), GroupSpec((2, 3), ("c:1",), "g1")]
     assert usable(groups, 4) and not usable(groups, 5)
+
+
+def test_load_statistics_are_the_difference_of_cumulative_counts():
+    from eaas.gateway.server import routed_since
+
+    assert routed_since([], [3, 0, 5]) == {0: 3, 2: 5}
+    assert routed_since([3, 0, 5], [4, 0, 5, 2]) == {0: 1, 3: 2}  # a new expert id appears
+    assert routed_since([4, 0, 5, 2], [4, 0, 5, 2]) == {}

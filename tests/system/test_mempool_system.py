@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import redis
 import torch
 from concurrent_streams import metric, stream_all
 from hf_checkpoints import write_hf_checkpoint
@@ -62,3 +63,8 @@ def test_redis_restart_while_streaming_fails_no_request(tmp_path, up_fleet, redi
     assert events["last_token"] > events["redis_back"], "the streams ended before Redis was back"
     assert not errors, errors
     assert results == baseline
+    # the gateway's per-expert load windows reached Redis (flushed at the latest on SIGTERM), across the restart
+    assert fleet.stop() == 0
+    client = redis.Redis.from_url(redis_server.url)
+    routed = {int(e): int(n) for key in client.scan_iter("eaas:local:load:*") for e, n in client.hgetall(key).items()}
+    assert set(routed) <= set(range(8)) and sum(routed.values()) > 0
