@@ -181,13 +181,13 @@ def test_blocks_expire_after_ttl_and_a_hit_renews_it(backend):
     tokens = list(range(2 * BS))
 
     async def run():
-        pool = backend.kv_pool(ttl_s=1.0)
+        pool = backend.kv_pool(ttl_s=2.0)
         await pool.insert(tokens, [make_block(0), make_block(1)])
         seen = []
-        for _ in range(3):  # 3 x 0.5 s > ttl, but each hit renews it
-            await asyncio.sleep(0.5)
+        for _ in range(3):  # 3 x 0.8 s > ttl, but each hit renews it (1.2 s of slack for a loaded machine)
+            await asyncio.sleep(0.8)
             seen.append((await pool.match(tokens))[0])
-        await asyncio.sleep(1.4)
+        await asyncio.sleep(2.6)
         seen.append((await pool.match(tokens))[0])
         await pool.close()
         return seen
