@@ -92,7 +92,7 @@ def main() -> int:
     torch.set_num_threads(1)  # the client shares 2 cores with two servers: no spinning OpenMP workers
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import free_port, wait_for_port  # the test suite's port helpers
+    from servers import free_port, wait_for_port  # the test suite's port helpers
 
     from eaas.expert_service.wire import encode_tensor
     from eaas.gateway.remote_backend import RemoteExpertBackend

@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--hidden-size", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -62,7 +63,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as d:
-        write_tiny_model(d, args.arch, seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
+        write_tiny_model(d, args.arch, seed=0, hidden_size=args.hidden_size, layers=args.layers, experts=8, top_k=2)
         hf = AutoModelForCausalLM.from_pretrained(d).eval()
         engine = monolithic_engine(d)
         batch = prompts(args.batch)
@@ -71,7 +72,7 @@ def main() -> None:
             theirs.append(hf_tokens_per_s(hf, batch, args.new_tokens))
             ours.append(eaas_tokens_per_s(engine, batch, args.new_tokens))
     o, t = max(ours), max(theirs)
-    print(f"model: tiny {args.arch} (hidden {args.hidden_size}, 4 layers, 8 experts, top-2), fp32, CPU, "
+    print(f"model: tiny {args.arch} (hidden {args.hidden_size}, {args.layers} layers, 8 experts, top-2), fp32, CPU, "
           f"{torch.get_num_threads()} threads")
     print(f"batch {args.batch}, {args.new_tokens} new tokens each, greedy, best of {args.repeats}")
     print(f"transformers.generate : {t:8.1f} tok/s")
