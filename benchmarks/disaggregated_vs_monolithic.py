@@ -74,10 +74,11 @@ class ExpertFleet:
 
     def start(self, name, experts, addr, background: bool = False):
         # A replacement starts under SCHED_IDLE: on a cluster it would boot on another node, not steal this one's
-        # CPU (nice 19 still took wake-up slices from the serving processes); serve() makes it normal again.
-        argv = (["chrt", "--idle", "0"] if background else []) + [sys.executable, "-P", "-m", "eaas.cli", "expert-server", "--model", self.model, "--experts",
-                format_expert_ids(experts), "--host", "127.0.0.1", "--port", addr.rsplit(":", 1)[1],
-                "--metrics-port", "0"]
+        # CPU (nice 19 still took wake-up slices from the serving processes); the killer makes it normal once healthy.
+        argv = (["chrt", "--idle", "0"] if background else []) + [
+            sys.executable, "-P", "-m", "eaas.cli", "expert-server", "--model", self.model,
+            "--experts", format_expert_ids(experts), "--host", "127.0.0.1", "--port", addr.rsplit(":", 1)[1],
+            "--metrics-port", "0"]
         self.procs[name] = self.fleet.spawn(name, argv, threads=1)  # 2 cores: one OpenMP thread per server
 
     def groups(self):
@@ -160,7 +161,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
 
     def killer():
         # one replica every 10 s, as the issue asks, alternating groups and never a group's last live replica
-        live = {name: ex for name, ex, _ in experts.members}
+        live = {name for name, _, _ in experts.members}
         i = 0
         while not stop.wait(10.0):
             by_group: dict[tuple, list] = {}
@@ -177,7 +178,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
             kills.append(name)
             i += 1
             if not args.restart_on_this_machine:
-                del live[name]
+                live.discard(name)
                 continue
             started = time.perf_counter()
             experts.start(name, ex, addr, background=True)  # a fresh replica comes back on the same address
@@ -187,7 +188,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
                 recoveries.append(time.perf_counter() - started)
             except Exception as exc:  # reported below; the run goes on with one replica fewer
                 errors.append(f"replacement {name} did not come back: {exc}")
-                del live[name]
+                live.discard(name)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()

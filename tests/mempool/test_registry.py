@@ -47,7 +47,7 @@ def test_replica_appears_while_beating_and_leaves_after_its_ttl_once_it_stops(ba
     assert seen == {"start": both, "after 2 s of beats": both, "after a clean stop": first,
                     "0.6 s after the crash": first}
     assert table == {}
-    assert 1.0 < gone_after < 5.0, f"the crashed replica left {gone_after:.2f} s after its last beat; its TTL is 1.5 s"
+    assert 1.0 < gone_after < 5.0, f"the crashed replica left {gone_after:.2f} s after the crash; its TTL is 1.5 s"
 
 
 def test_reader_answers_the_last_known_table_while_redis_is_down(redis_backend):
