@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -136,28 +137,35 @@ def main() -> None:
 
 def fault_run(experts: ExpertFleet, engine, args) -> None:
     batch = prompts(64)
-
+    params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)
     errors: list[str] = []
 
-    def run_for(seconds: float) -> tuple[float, int]:
+    def run_for(seconds: float) -> tuple[float, int, list[tuple[float, float]]]:
+        """tok/s, failed requests, and (start, duration) of every decode step (prefill steps left out)."""
         done = failed = 0
+        steps = []
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
+            seqs = [engine.add_request(p, params) for p in batch]
             try:
-                tps_tokens = engine.generate(batch, SamplingParams(max_tokens=args.new_tokens, ignore_eos=True))
-                done += sum(len(t) for t in tps_tokens)
-                failed += sum(1 for t in tps_tokens if len(t) != args.new_tokens)
+                while engine.has_unfinished():
+                    prefill = bool(engine.waiting)
+                    t = time.perf_counter()
+                    engine.step()
+                    if not prefill:
+                        steps.append((t, time.perf_counter() - t))
             except Exception as exc:  # a failed step fails its requests: count them
-                failed += len(batch)
                 errors.append(f"{type(exc).__name__}: {exc}")
                 engine.waiting.clear()
                 engine.running.clear()
-        return done / (time.perf_counter() - start), failed
+            done += sum(len(s.output_ids) for s in seqs)
+            failed += sum(1 for s in seqs if len(s.output_ids) != args.new_tokens)
+        return done / (time.perf_counter() - start), failed, steps
 
     engine.generate(batch, SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up: connections, first calls
-    clean, clean_failed = run_for(args.fault_seconds)
+    clean, clean_failed, clean_steps = run_for(args.fault_seconds)
     stop = threading.Event()
-    kills, recoveries = [], []
+    kills, kill_times, recoveries = [], [], []
 
     def killer():
         # one replica every 10 s, as the issue asks, alternating groups and never a group's last live replica
@@ -173,6 +181,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
                 break
             ex = groups[i % len(groups)]
             name, addr = by_group[ex][0]
+            kill_times.append(time.perf_counter())
             experts.procs[name].kill()  # SIGKILL
             experts.procs[name].wait()
             kills.append(name)
@@ -192,7 +201,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    faulty, faulty_failed = run_for(args.fault_seconds)
+    faulty, faulty_failed, faulty_steps = run_for(args.fault_seconds)
     stop.set()
     t.join()
     print(f"faults: {len(kills)} replicas SIGKILLed in {args.fault_seconds:.0f}s ({', '.join(kills)}); "
@@ -200,8 +209,26 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
           f"failed requests {faulty_failed} (fault-free run: {clean_failed}); "
           + (f"replacements restarted on this machine served again after {', '.join(f'{r:.1f}' for r in recoveries)} s"
              if args.restart_on_this_machine else "killed replicas not restarted (see --restart-on-this-machine)"))
+    print("  " + kill_disruption(clean_steps, faulty_steps, kill_times))
     for e in errors[:3]:
         print("  error:", e[:300])
+
+
+def kill_disruption(clean_steps, faulty_steps, kill_times) -> str:
+    """What each kill cost the decode steps around it, against the fault-free run's step times.
+
+    The throughput ratio carries the machine's drift between two 40 s runs (a few %); the step in flight at
+    a kill, and the steps of the second after it, show what the kill itself cost.
+    """
+    typical = statistics.median(d for _, d in clean_steps)
+    parts = []
+    for k in kill_times:
+        hit = next(((s, d) for s, d in faulty_steps if s <= k < s + d), None)
+        after = [d for s, d in faulty_steps if k < s < k + 1.0]
+        extra = sum(d - typical for d in after) + (hit[1] - typical if hit else 0.0)
+        parts.append(f"step in flight {hit[1] * 1e3:.0f} ms, " if hit else "between steps, ")
+        parts[-1] += f"next 1 s: {len(after)} steps, {extra * 1e3:+.0f} ms vs typical"
+    return (f"per kill (fault-free decode step median {typical * 1e3:.1f} ms): " + "; ".join(parts)) if parts else ""
 
 
 if __name__ == "__main__":
