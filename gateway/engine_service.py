@@ -32,6 +32,9 @@ class GenerationFailed(Exception):
         self.code = code
 
 
+STOPPED_BY_CALLER = object()  # `await events.asend(STOPPED_BY_CALLER)`: the caller ends the stream as finished
+
+
 @dataclass
 class TokenEvent:
     token_ids: list[int]
@@ -93,7 +96,11 @@ class EngineService:
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "",
                        resume_ids: list[int] | None = None) -> AsyncIterator[TokenEvent]:
-        """Stream the completion. resume_ids: tokens a previous gateway already sent for this request."""
+        """Stream the completion. resume_ids: tokens a previous gateway already sent for this request.
+
+        A caller that ends the request itself (a stop string matched) sends STOPPED_BY_CALLER with `asend`: the
+        sequence is aborted and the request counted "ok"; closing the stream instead counts it "cancelled".
+        """
         resume_ids = list(resume_ids or [])
         if resume_ids:
             if len(resume_ids) >= params.max_tokens:
@@ -115,18 +122,20 @@ class EngineService:
                     raise item
                 if item.finish_reason:
                     status = "ok"  # before the yield: a consumer may stop right after the last event
-                yield item
+                reply = yield item
                 if item.finish_reason:
+                    return
+                if reply is STOPPED_BY_CALLER:  # e.g. a stop string matched: a normal end, the rest is not run
+                    status = "ok"
                     return
         except GenerationFailed:
             status = "failed"
             raise
         finally:
-            if status != "ok" and status != "failed" and (req.seq is None or not req.seq.is_finished):
-                # the client went away: free its slot (the inbox is FIFO, so "add" is handled before this)
+            if status != "failed" and (req.seq is None or not req.seq.is_finished):
+                # the client went away or stopped early: free its slot (the inbox is FIFO: "add" comes first)
                 self._inbox.put(("abort", req))
                 self._wake.set()
-                status = "cancelled"
             self.metrics.request_done(status)
 
     # --- the engine thread ----------------------------------------------------------------------

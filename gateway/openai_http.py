@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eaas.engine.llm_engine import RequestError
-from eaas.gateway.engine_service import EngineService, GenerationFailed, TokenEvent
+from eaas.gateway.engine_service import STOPPED_BY_CALLER, EngineService, GenerationFailed, TokenEvent
 from eaas.gateway.openai_protocol import (
     InvalidRequest,
     ParsedRequest,
@@ -172,6 +172,7 @@ async def _collect(request: web.Request, events: AsyncIterator[TokenEvent], req:
         texts.append(text)
         token_ids.extend(event.token_ids)
         if _cut_by_stop_string(finish_reason, event):
+            await _finish_early(events)
             break
         if request.transport is None or request.transport.is_closing():
             raise ClientGone()
@@ -196,6 +197,7 @@ async def _stream(request: web.Request, events: AsyncIterator[TokenEvent], req: 
                     await _send_event(response, chunk)
             await _send_event(response, endpoint.chunk(header, text, event.token_ids, finish_reason))
             if _cut_by_stop_string(finish_reason, event):
+                await _finish_early(events)
                 break
         if req.include_usage:
             await _send_event(response, usage_chunk(header, endpoint.chunk_object,
@@ -213,9 +215,15 @@ async def _stream(request: web.Request, events: AsyncIterator[TokenEvent], req: 
 
 
 def _cut_by_stop_string(finish_reason: str | None, event: TokenEvent) -> bool:
-    # Only a stop string ends the loop early (closing the events aborts the rest); after the engine's own
-    # last event the loop runs on, so that the service sees the request complete and counts it "ok".
+    # Only a stop string ends the loop early (_finish_early aborts the rest, counted "ok"); after the engine's
+    # own last event the loop runs on, so that the service sees the request complete.
     return finish_reason is not None and event.finish_reason is None
+
+
+async def _finish_early(events) -> None:
+    """Tell the service the request ended normally (a stop string), so it is counted "ok", not "cancelled"."""
+    with contextlib.suppress(StopAsyncIteration):
+        await events.asend(STOPPED_BY_CALLER)
 
 
 async def _send_event(response: web.StreamResponse, payload: dict) -> None:

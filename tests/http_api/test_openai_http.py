@@ -85,12 +85,13 @@ async def test_streamed_chunks_concatenate_to_the_non_stream_completion(client):
     assert usage_chunk["choices"] == [] and usage_chunk["usage"] == whole["usage"]
 
 
-async def test_stop_string_truncates_the_text_and_finishes_with_stop(client):
+async def test_stop_string_truncates_the_text_and_finishes_with_stop(client, service):
     # Seeded sampling over bytes gives varied text; stop at a character it reaches only after a few tokens.
     request = {"prompt": PROMPT_IDS, "max_tokens": 60, "temperature": 1.0, "seed": 5, "ignore_eos": True}
     free = (await post_json(client, "/v1/completions", request))["choices"][0]
     stop = next(ch for ch in free["text"][3:] if ch.isascii() and ch.isalnum() and free["text"].find(ch) >= 3)
     expected_text = free["text"][:free["text"].find(stop)]
+    ok_before, cancelled_before = finished_requests("ok"), finished_requests("cancelled")
 
     stopped = (await post_json(client, "/v1/completions", {**request, "stop": [stop, "never-seen"]}))["choices"][0]
     streamed = [c["choices"][0] for c in await post_stream(client, "/v1/completions", {**request, "stop": stop})]
@@ -101,6 +102,9 @@ async def test_stop_string_truncates_the_text_and_finishes_with_stop(client):
     assert "".join(c["text"] for c in streamed) == expected_text
     assert streamed[-1]["finish_reason"] == "stop"
     assert [t for c in streamed for t in c["token_ids"]] == ids
+    # a stop string is a normal finish: counted ok, and the sequence's slot is freed at once
+    assert (finished_requests("ok"), finished_requests("cancelled")) == (ok_before + 2, cancelled_before)
+    assert await wait_until(lambda: service.busy == 0)
 
 
 async def test_chat_completion_generates_from_the_chat_template(client, service, reference_engine, model_name):
