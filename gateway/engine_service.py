@@ -105,7 +105,8 @@ class EngineService:
         if resume_ids:
             if len(resume_ids) >= params.max_tokens:
                 raise RequestError("resume_token_ids already hold max_tokens tokens")
-            params = SamplingParams(**{**params.__dict__, "max_tokens": params.max_tokens - len(resume_ids)})
+            params = SamplingParams(**{**params.__dict__, "max_tokens": params.max_tokens - len(resume_ids),
+                                       "first_token_index": params.first_token_index + len(resume_ids)})
         full_prompt = list(prompt_ids) + resume_ids
         self.engine.check_request(full_prompt, params)  # raises RequestError before anything is queued
         loop = asyncio.get_running_loop()

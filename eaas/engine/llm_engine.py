@@ -107,7 +107,7 @@ class LLMEngine:
             if seq.num_uncached > 0:  # mid-prompt chunk: nothing to sample yet
                 continue
             p = seq.params
-            token = greedy[i] if p.temperature <= 0 else sample_next(logits[i], p.temperature, p.top_p, seq.generator)
+            token = greedy[i] if p.temperature <= 0 else sample_next(logits[i], p.temperature, p.top_p, seq.next_generator())
             seq.output_ids.append(token)
             reason = self._stop_reason(seq, token)
             if reason:

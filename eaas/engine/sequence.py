@@ -21,6 +21,9 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # Index, within the whole completion, of the first token this request samples: a stream resumed after
+    # k tokens (on another gateway) sets k, so that a seeded sample continues with the same draws.
+    first_token_index: int = 0
 
     def validate(self) -> None:
         if self.max_tokens < 1:
@@ -29,6 +32,17 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.first_token_index < 0:
+            raise ValueError(f"first_token_index must be >= 0, got {self.first_token_index}")
+
+
+_SEED_STRIDE = 0x9E3779B97F4A7C15  # golden-ratio increment: token i's seed = seed + i * stride (mod 2^63)
+
+
+def token_seed(seed: int, index: int) -> int:
+    """Seed of the draw for the completion's token `index`: a pure function, so a resumed stream
+    (on any gateway, any batch) draws what the uninterrupted one would have drawn."""
+    return (seed + index * _SEED_STRIDE) % (1 << 63)
 
 
 class Status(Enum):
@@ -49,13 +63,18 @@ class Sequence:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     kv: SequenceKV = field(init=False)
     generator: torch.Generator | None = field(init=False, default=None)
+    seed: int | None = field(init=False, default=None)
 
     def __post_init__(self):
         self.kv = self.kv_store.new_sequence()
         if self.params.temperature > 0:
             self.generator = torch.Generator()
-            seed = self.params.seed if self.params.seed is not None else torch.seed()
-            self.generator.manual_seed(seed)
+            self.seed = self.params.seed if self.params.seed is not None else torch.seed()
+
+    def next_generator(self) -> torch.Generator:
+        """The generator for the token about to be sampled, seeded from (seed, its index in the completion)."""
+        self.generator.manual_seed(token_seed(self.seed, self.params.first_token_index + len(self.output_ids)))
+        return self.generator
 
     @property
     def token_ids(self) -> list[int]:
