@@ -56,6 +56,8 @@ class _Request:
     last_token_at: float | None = None
     offered_blocks: int = 0         # full KV blocks already offered to the pool
     detokenizer: IncrementalDetokenizer | None = None
+    cached_prefix: tuple[int, list] = (0, [])  # (tokens, blocks) the pool held for the prompt at arrival
+    pool_writes: list = field(default_factory=list)  # this request's inserts still in flight (futures)
 
 
 class EngineService:
@@ -112,6 +114,8 @@ class EngineService:
         loop = asyncio.get_running_loop()
         req = _Request(full_prompt, params, request_id, len(resume_ids), loop, asyncio.Queue(),
                        detokenizer=IncrementalDetokenizer(self.tokenizer))
+        if self.kv_pool is not None:  # looked up here, on the caller's loop: the engine thread never waits on it
+            req.cached_prefix = await self.kv_pool.match_async(full_prompt)
         self.metrics.requests_started()
         self._inbox.put(("add", req))
         self._wake.set()
@@ -123,6 +127,7 @@ class EngineService:
                     raise item
                 if item.finish_reason:
                     status = "ok"  # before the yield: a consumer may stop right after the last event
+                    await self._pool_writes_done(req)  # a follow-up request can then reuse all of this one
                 reply = yield item
                 if item.finish_reason:
                     return
@@ -138,6 +143,11 @@ class EngineService:
                 self._inbox.put(("abort", req))
                 self._wake.set()
             self.metrics.request_done(status)
+
+    async def _pool_writes_done(self, req: _Request) -> None:
+        pending = [f for f in req.pool_writes if not f.done()]
+        if pending:  # each write is bounded by the pool's timeout
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in pending), return_exceptions=True)
 
     # --- the engine thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -158,7 +168,7 @@ class EngineService:
                 req = self._live.get(out.seq.seq_id)
                 if req is None:
                     continue
-                self._offer_new_blocks(req)  # before the token goes out: a resume may need these blocks
+                self._offer_new_blocks(req)
                 self._post_token(req, out.token_id, now)
 
     def _drain_inbox(self) -> None:
@@ -221,7 +231,8 @@ class EngineService:
             return
         bs = self.kv_pool.block_size
         ids = req.prompt_ids
-        matched, blocks = self.kv_pool.match(ids)
+        matched, blocks = req.cached_prefix
+        req.cached_prefix = (0, [])  # imported below: the engine's copy is the one used from now on
         if matched:
             req.seq.kv.import_blocks(blocks, bs)
             req.seq.kv.truncate(min(matched, len(ids) - 1))  # the last prompt token must run to get logits
@@ -229,7 +240,8 @@ class EngineService:
         req.offered_blocks = len(blocks)
 
     def _offer_new_blocks(self, req: _Request) -> None:
-        """Give the pool every full block this sequence completed since the last offer."""
+        """Give the pool every full block this sequence completed since the last offer, without waiting:
+        the write runs on the pool's thread while the engine steps on (a stalled Redis stalls no batch)."""
         if self.kv_pool is None:
             return
         bs = self.kv_pool.block_size
@@ -237,5 +249,7 @@ class EngineService:
         full = seq.num_cached // bs
         if full > req.offered_blocks:
             new = seq.kv.export_blocks(bs, full * bs, first_block=req.offered_blocks)
-            self.kv_pool.insert(seq.token_ids[:full * bs], [None] * req.offered_blocks + new)
-            req.offered_blocks = full
+            write = self.kv_pool.insert_in_background(seq.token_ids[:full * bs], [None] * req.offered_blocks + new)
+            if write is not None:  # None: the pool's backlog is full; these blocks are offered again next time
+                req.pool_writes = [f for f in req.pool_writes if not f.done()] + [write]
+                req.offered_blocks = full

@@ -17,7 +17,7 @@ class MempoolMetrics:
     bytes_written: Counter   # framed KV bytes handed to the store
     bytes_read: Counter      # framed KV bytes received from the store (rejected ones included)
     op_seconds: Histogram    # wall time of each MemPool call, labelled by op
-    errors: Counter          # failures, labelled by kind: unavailable, corrupt, foreign, timeout
+    errors: Counter          # failures, labelled by kind: unavailable, corrupt, foreign, timeout, backlog
 
 
 def mempool_metrics(registry: CollectorRegistry | None = None) -> MempoolMetrics:

@@ -3,6 +3,11 @@
 The async pool runs on its own event-loop thread; each call waits at most `timeout_s` and then answers
 like an unavailable store (match = miss, insert = 0 blocks), counted as errors_total{kind="timeout"}.
 Use KVPool directly from async code (the gateway), SyncKVPool from threads.
+
+A serving thread should not wait on the store at all: `insert_in_background` hands the write to the
+pool's thread and returns at once (at most `max_pending` writes queue up; more are refused, so a
+stalled Redis costs cache entries, never memory or step time), and `match_async` lets code on another
+event loop await a lookup without blocking its thread.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ class LoopThread:
 
 
 class SyncKVPool:
-    def __init__(self, make_pool: Callable[[], KVPool], *, timeout_s: float = 1.0):
+    def __init__(self, make_pool: Callable[[], KVPool], *, timeout_s: float = 1.0, max_pending: int = 256):
         """make_pool runs on the pool's loop thread (e.g. lambda: KVPool.from_url(url, fingerprint=...))."""
         self.timeout_s = timeout_s
+        self.max_pending = max_pending
+        self._pending = 0  # background inserts submitted and not finished
+        self._pending_lock = threading.Lock()
         self._loop = LoopThread()
 
         async def build() -> KVPool:
@@ -53,6 +61,34 @@ class SyncKVPool:
 
     def insert(self, token_ids: list[int], blocks: list[Block | None], timeout_s: float | None = None) -> int:
         return self._wait(self.pool.insert(token_ids, blocks), timeout_s, fallback=0)
+
+    def insert_in_background(self, token_ids: list[int], blocks: list[Block | None]
+                             ) -> concurrent.futures.Future | None:
+        """Start an insert and return at once: a future of the blocks stored (0 on failure or after timeout_s),
+        or None when max_pending inserts are already queued (the caller may offer the blocks again later)."""
+        with self._pending_lock:
+            if self._pending >= self.max_pending:
+                self.pool.metrics.errors.labels(kind="backlog").inc()
+                return None
+            self._pending += 1
+        future = self._loop.submit(self._bounded(self.pool.insert(token_ids, blocks), fallback=0))
+        future.add_done_callback(self._insert_done)
+        return future
+
+    def _insert_done(self, _future) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
+    async def _bounded(self, coro: Coroutine, fallback: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, self.timeout_s)
+        except asyncio.TimeoutError:
+            self.pool.metrics.errors.labels(kind="timeout").inc()
+            return fallback
+
+    async def match_async(self, token_ids: list[int]) -> tuple[int, list[Block]]:
+        """match() for code on another event loop: awaits the pool's thread, never blocks the caller's."""
+        return await asyncio.wrap_future(self._loop.submit(self._bounded(self.pool.match(token_ids), (0, []))))
 
     def match(self, token_ids: list[int], timeout_s: float | None = None) -> tuple[int, list[Block]]:
         return self._wait(self.pool.match(token_ids), timeout_s, fallback=(0, []))
