@@ -96,6 +96,8 @@ def main() -> None:
     ap.add_argument("--hidden-size", type=int, default=256)
     ap.add_argument("--micro-batches", type=int, default=1,
                     help="1 on one machine (no idle cores to overlap with); 2+ when experts run elsewhere")
+    ap.add_argument("--experts-per-server", type=int, default=4,
+                    help="experts per group: 4 = 2 groups (2 RPCs per layer), 8 = 1 group (1 RPC per layer)")
     ap.add_argument("--fault-seconds", type=float, default=40.0, help="0 skips the fault run")
     ap.add_argument("--restart-on-this-machine", action="store_true",
                     help="restart each killed replica here (SCHED_IDLE while it boots) instead of leaving it dead")
@@ -105,7 +107,7 @@ def main() -> None:
     logging.getLogger("eaas").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as model:
         write_tiny_model(model, "mixtral", seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
-        experts = ExpertFleet(model, experts_per_server=4, replicas=2, base_port=args.base_port)
+        experts = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=2, base_port=args.base_port)
         try:
             limits = ScheduleLimits(max_num_seqs=max(args.seqs), max_batched_tokens=8192)
             mono = monolithic_engine(model, limits=limits)
@@ -113,7 +115,7 @@ def main() -> None:
             backend = RemoteExpertBackend(experts.groups(), fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers())
             disagg = engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches)
             print(f"model: tiny mixtral hidden {args.hidden_size}, 4 layers, 8 experts top-2, fp32; "
-                  f"2 expert groups x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
+                  f"{-(-8 // args.experts_per_server)} expert group(s) x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
                   f"micro-batches {args.micro_batches}")
             for n in args.seqs:
                 batch = prompts(n)
@@ -125,7 +127,7 @@ def main() -> None:
         finally:
             experts.fleet.stop()
         if args.fault_seconds > 0:
-            fault_fleet = ExpertFleet(model, experts_per_server=4, replicas=3, base_port=args.base_port + 50)
+            fault_fleet = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=3, base_port=args.base_port + 50)
             try:
                 backend = RemoteExpertBackend(fault_fleet.groups(), fingerprint=ckpt.fingerprint(),
                                               layers=ckpt.moe_layers())

@@ -40,9 +40,13 @@ def kubectl(control_plane, *args: str) -> str:
 
 
 class Operator:
-    def __init__(self, log: Path):
-        self.log = log
+    def __init__(self, log: Path, argv: list[str], env: dict, cwd: Path):
+        self.log, self.argv, self.env, self.cwd = log, argv, env, cwd
         self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd)
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
@@ -94,13 +98,11 @@ def operator(control_plane, release, api, redis_server_session, tmp_path_factory
     folder = tmp_path_factory.mktemp("operator")
     kubeconfig = write_kubeconfig(folder / "sa.kubeconfig", control_plane.server, control_plane.ca_file,
                                   "eaas-operator", service_account_token(api, "eaas-operator"))
-    running = Operator(folder / "operator.log")
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    with open(running.log, "wb") as out:
-        running.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "eaas.cli", "operator", "--standalone", "--namespace", NAMESPACE,
-             "--redis-url", redis_server_session.url, "--verbose"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=folder)
+    running = Operator(folder / "operator.log",
+                       [sys.executable, "-P", "-m", "eaas.cli", "operator", "--standalone", "--namespace", NAMESPACE,
+                        "--redis-url", redis_server_session.url, "--verbose"],
+                       {**os.environ, "KUBECONFIG": str(kubeconfig)}, folder)
+    running.start()
     yield running
     running.proc.terminate()
     try:
@@ -323,6 +325,36 @@ def test_autoscaler_scales_hot_group_up_and_cold_group_down(api, operator, redis
     assert replicas(api, "g0") == 4
     wait_for(lambda: {"mix-experts-g0: 1 -> 4", "mix-experts-g1: 2 -> 1"} <= {
         e.message.partition(" replicas")[0] for e in events_of(api) if e.reason == "Scaled"}, "Scaled Events", operator)
+
+
+def test_operator_restarted_after_a_crash_catches_up_with_the_cluster(api, operator, redis_server_session):
+    """SIGKILL the operator; while it is down a child Deployment is deleted (the new process's on.resume must
+    restore it), then, in a second outage, the spec changes (on.update after the restart). Autoscaled
+    replicas survive both restarts."""
+    apply_spec(api, operator, moedeployment(experts_per_replica=4, gateway_replicas=2))
+    write_load(redis.Redis.from_url(redis_server_session.url), {0: 2000, 3: 1500})  # g0 hot: 4; g1 cold: 1
+    wait_for(lambda: replicas(api, "g0") == 4 and replicas(api, "g1") == 1, "g0 at 4 and g1 at 1", operator)
+
+    def crash() -> None:
+        operator.proc.kill()
+        operator.proc.wait(15)
+
+    crash()
+    api["apps"].delete_namespaced_deployment("mix-experts-g1", NAMESPACE)
+    wait_for(lambda: deployment(api, "mix-experts-g1") is None, "mix-experts-g1 deleted")
+    operator.start()
+    wait_for(lambda: deployment(api, "mix-experts-g1") is not None, "mix-experts-g1 re-created on resume", operator)
+    assert command_of(api, "mix-experts-g1")[5] == "4-7"
+    assert (deployment(api, "mix-gateway").spec.replicas, replicas(api, "g0"), replicas(api, "g1")) == (2, 4, 1)
+
+    crash()
+    changed = api["custom"].patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME,
+                                                           {"spec": moedeployment(gateway_replicas=3)["spec"]})
+    operator.start()
+    generation = changed["metadata"]["generation"]
+    wait_for(lambda: read_cr(api)["status"].get("observedGeneration") == generation,
+             f"observedGeneration {generation} after the restart", operator)
+    assert (deployment(api, "mix-gateway").spec.replicas, replicas(api, "g0"), replicas(api, "g1")) == (3, 4, 1)
 
 
 def test_delete_garbage_collects_children_and_redis_keys(api, operator, redis_server_session):
