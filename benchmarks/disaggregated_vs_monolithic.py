@@ -26,7 +26,11 @@ import tempfile
 import threading
 import time
 
-import torch
+from eaas.openmp import quiet_idle_workers
+
+quiet_idle_workers()  # as the eaas command does, before torch loads libgomp
+
+import torch  # noqa: E402
 
 from eaas.engine.factory import engine_with_backend, monolithic_engine
 from eaas.engine.scheduler import ScheduleLimits

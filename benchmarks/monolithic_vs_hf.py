@@ -13,7 +13,11 @@ import logging
 import tempfile
 import time
 
-import torch
+from eaas.openmp import quiet_idle_workers
+
+quiet_idle_workers()  # as the eaas command does, before torch loads libgomp
+
+import torch  # noqa: E402
 
 from eaas.engine.factory import monolithic_engine
 from eaas.engine.sequence import SamplingParams

@@ -11,7 +11,11 @@ import argparse
 import importlib
 import sys
 
-from eaas.errors import UserError
+from eaas.openmp import quiet_idle_workers
+
+quiet_idle_workers()  # before any subcommand imports torch
+
+from eaas.errors import UserError  # noqa: E402
 
 # name -> (module, one-line help). Modules are imported lazily so `eaas --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

@@ -1,0 +1,96 @@
+"""Where the CPU of a disaggregated decode step goes: CPU time per process and thread, per decode step.
+
+    python benchmarks/disaggregated_cpu.py [--seqs 64] [--new-tokens 40] [--experts-per-server 4]
+
+Runs the same fleet as disaggregated_vs_monolithic.py (expert servers as separate processes, 2 replicas
+per group, the engine in this process), decodes one batch and reads utime + stime of every thread from
+/proc before and after. On a machine whose cores all processes share, the sum over processes divided by
+the core count is a floor for the step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from eaas.openmp import quiet_idle_workers
+
+quiet_idle_workers()  # as the eaas command does, before torch loads libgomp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from disaggregated_vs_monolithic import ExpertFleet, prompts  # noqa: E402
+
+from eaas.engine.factory import engine_with_backend  # noqa: E402
+from eaas.engine.scheduler import ScheduleLimits  # noqa: E402
+from eaas.engine.sequence import SamplingParams  # noqa: E402
+from eaas.gateway.remote_backend import RemoteExpertBackend  # noqa: E402
+from eaas.model.checkpoint import Checkpoint  # noqa: E402
+from eaas.model.tiny import write_tiny_model  # noqa: E402
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """tid -> CPU seconds (user + system) of every live thread of pid."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seqs", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=40)
+    ap.add_argument("--experts-per-server", type=int, default=4)
+    ap.add_argument("--hidden-size", type=int, default=256)
+    ap.add_argument("--base-port", type=int, default=24200)
+    args = ap.parse_args()
+    logging.getLogger("eaas").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as model:
+        write_tiny_model(model, "mixtral", seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
+        fleet = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=2, base_port=args.base_port)
+        try:
+            ckpt = Checkpoint(model)
+            backend = RemoteExpertBackend(fleet.groups(), fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers())
+            engine = engine_with_backend(ckpt, backend, limits=ScheduleLimits(max_num_seqs=args.seqs,
+                                                                              max_batched_tokens=8192))
+            batch = prompts(args.seqs)
+            engine.generate(batch, SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
+            for p in batch:
+                engine.add_request(p, SamplingParams(max_tokens=args.new_tokens, ignore_eos=True))
+            engine.step()  # prefill: not counted
+            pids = {"gateway (engine)": os.getpid(), **{name: fleet.procs[name].pid for name, _, _ in fleet.members}}
+            before = {name: thread_cpu_seconds(pid) for name, pid in pids.items()}
+            start, steps = time.perf_counter(), 0
+            while engine.has_unfinished():
+                engine.step()
+                steps += 1
+            wall = time.perf_counter() - start
+            after = {name: thread_cpu_seconds(pid) for name, pid in pids.items()}
+            backend.close()
+        finally:
+            fleet.fleet.stop()
+    print(f"{args.seqs} sequences, {steps} decode steps, {wall / steps * 1e3:.1f} ms per step (wall), "
+          f"{os.cpu_count()} cores")
+    total = 0.0
+    for name, pid in pids.items():
+        per_thread = {tid: (after[name][tid] - before[name].get(tid, 0.0)) / steps * 1e3 for tid in after[name]}
+        busy = sorted(((ms, tid) for tid, ms in per_thread.items() if ms >= 0.05), reverse=True)
+        total += sum(per_thread.values())
+        threads = ", ".join(f"{'main' if tid == pid else f'thread {tid}'} {ms:.1f}" for ms, tid in busy)
+        print(f"  {name:18s} {sum(per_thread.values()):6.1f} ms CPU per step  ({threads})")
+    cores = os.cpu_count() or 1
+    print(f"  all processes      {total:6.1f} ms CPU per step -> at least {total / cores:.1f} ms per step on "
+          f"{cores} cores")
+
+
+if __name__ == "__main__":
+    main()
