@@ -169,7 +169,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
         return done / (time.perf_counter() - start), failed, steps
 
     engine.generate(batch, SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up: connections, first calls
-    clean, clean_failed, clean_steps = run_for(args.fault_seconds)
+    clean, clean_failed, _ = run_for(args.fault_seconds)
     stop = threading.Event()
     kills, kill_times, recoveries = [], [], []
 
@@ -215,26 +215,31 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
           f"failed requests {faulty_failed} (fault-free run: {clean_failed}); "
           + (f"replacements restarted on this machine served again after {', '.join(f'{r:.1f}' for r in recoveries)} s"
              if args.restart_on_this_machine else "killed replicas not restarted (see --restart-on-this-machine)"))
-    print("  " + kill_disruption(clean_steps, faulty_steps, kill_times))
+    print("  " + kill_disruption(faulty_steps, kill_times))
     for e in errors[:3]:
         print("  error:", e[:300])
 
 
-def kill_disruption(clean_steps, faulty_steps, kill_times) -> str:
-    """What each kill cost the decode steps around it, against the fault-free run's step times.
+def kill_disruption(faulty_steps, kill_times) -> str:
+    """What each kill cost the decode steps around it, against the steps of the 2 s before it.
 
-    The throughput ratio carries the machine's drift between two 40 s runs (a few %); the step in flight at
-    a kill, and the steps of the second after it, show what the kill itself cost.
+    The throughput ratio carries the machine's drift between two 40 s runs (a few %); the step in flight
+    at a kill, and the steps of the second after it, compared with the same run just before the kill,
+    show what the kill itself cost.
     """
-    typical = statistics.median(d for _, d in clean_steps)
     parts = []
     for k in kill_times:
+        before = [d for s, d in faulty_steps if k - 2.0 <= s and s + d <= k]
+        if not before:
+            continue
+        typical = statistics.median(before)
         hit = next(((s, d) for s, d in faulty_steps if s <= k < s + d), None)
         after = [d for s, d in faulty_steps if k < s < k + 1.0]
         extra = sum(d - typical for d in after) + (hit[1] - typical if hit else 0.0)
-        parts.append(f"step in flight {hit[1] * 1e3:.0f} ms, " if hit else "between steps, ")
-        parts[-1] += f"next 1 s: {len(after)} steps, {extra * 1e3:+.0f} ms vs typical"
-    return (f"per kill (fault-free decode step median {typical * 1e3:.1f} ms): " + "; ".join(parts)) if parts else ""
+        parts.append((f"step in flight {hit[1] * 1e3:.0f} ms" if hit else "between steps")
+                     + f" (median before {typical * 1e3:.0f} ms), then {len(after)} steps: "
+                     f"{extra * 1e3:+.0f} ms in all")
+    return "per kill: " + "; ".join(parts) if parts else ""
 
 
 if __name__ == "__main__":
