@@ -1,6 +1,6 @@
 """Decode throughput of eaas' monolithic engine vs transformers.generate, same tiny model, batch 32.
 
-    python benchmarks/monolithic_vs_hf.py [--arch mixtral] [--batch 32] [--new-tokens 64]
+    python benchmarks/monolithic_vs_hf.py [--arch mixtral] [--batch 32] [--new-tokens 64] [--experts 8 --top-k 2]
 
 Both run greedy on the same prompts (different lengths) in this process, one after the other; the
 ratio is what matters (the machine is shared and noisy). Target: eaas / HF >= 2.0.
@@ -61,13 +61,16 @@ def main() -> None:
     ap.add_argument("--hidden-size", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--experts", type=int, default=8, help="routed experts per layer (OLMoE: 64)")
+    ap.add_argument("--top-k", type=int, default=2, help="experts per token (OLMoE: 8)")
     args = ap.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(torch.get_num_threads())
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as d:
-        write_tiny_model(d, args.arch, seed=0, hidden_size=args.hidden_size, layers=args.layers, experts=8, top_k=2)
+        write_tiny_model(d, args.arch, seed=0, hidden_size=args.hidden_size, layers=args.layers,
+                         experts=args.experts, top_k=args.top_k)
         hf = AutoModelForCausalLM.from_pretrained(d).eval()
         engine = monolithic_engine(d)
         batch = prompts(args.batch)
@@ -76,7 +79,7 @@ def main() -> None:
             theirs.append(hf_tokens_per_s(hf, batch, args.new_tokens))
             ours.append(eaas_tokens_per_s(engine, batch, args.new_tokens))
     o, t = max(ours), max(theirs)
-    print(f"model: tiny {args.arch} (hidden {args.hidden_size}, {args.layers} layers, 8 experts, top-2), fp32, CPU, "
+    print(f"model: tiny {args.arch} (hidden {args.hidden_size}, {args.layers} layers, {args.experts} experts, top-{args.top_k}), fp32, CPU, "
           f"{torch.get_num_threads()} threads")
     print(f"batch {args.batch}, {args.new_tokens} new tokens each, greedy, best of {args.repeats}")
     print(f"transformers.generate : {t:8.1f} tok/s")
