@@ -66,3 +66,17 @@ def test_rule_weighs_per_expert_overhead_against_expert_size():
     sparse = [2] + [1] * 31 + [0] * 96  # 128 experts, 32 hit: a grid of 256 rows for 33 real ones
     assert _use_padded_grid(sparse, ffn_weights=128 * 192)       # small experts: 32 matmul calls cost more
     assert not _use_padded_grid(sparse, ffn_weights=1024 * 4096)  # big experts: padding costs more
+
+
+def test_bfloat16_paths_are_bit_identical(monkeypatch):
+    """The expert server promises a request's bf16 result does not depend on its batch-mates, and a batch
+    may take the other path than the request alone would."""
+    weights = make_weights(held=[0, 1, 3, 5, 8, 13])
+    lx = weights.layers[0]
+    lx.gate_up, lx.down = lx.gate_up.bfloat16(), lx.down.bfloat16()
+    hidden, ids, gates = routed(40, skewed=True)
+    outs = []
+    for padded in (True, False):
+        monkeypatch.setattr(experts_mod, "_use_padded_grid", lambda counts, ffn, padded=padded: padded)
+        outs.append(weights.combine(0, hidden.bfloat16(), ids, gates.bfloat16()))
+    assert torch.equal(outs[0], outs[1])
