@@ -17,11 +17,13 @@ from eaas.model.checkpoint import Checkpoint
 from eaas.model.families import num_routed_experts
 
 
-# Padded bmm or one matmul per expert (see _use_padded_grid). Measured on a 2-core CPU for 8-128 experts,
-# hidden 128-512, 8-512 tokens, uniform and skewed routing: the padded grid wins while it is at most ~2.5x
-# the real rows, plus the Python and dispatch cost of each per-expert matmul, worth ~2e5 / (D * F) rows.
-_PADDING_ALLOWED = 2.5
-_PER_EXPERT_OVERHEAD = 2e5
+# Padded bmm, or each expert's own rows (see _use_padded_grid). Measured on a 2-core CPU over 8-128 experts,
+# hidden 128-512, 8-512 tokens, uniform and skewed routing (benchmarks/expert_ffn_paths.py): the padded grid
+# wins while it is at most ~2x the real rows, plus the cost of one more per-expert call, worth
+# PER_EXPERT / (D * F) rows: grouped_mm's C++ loop costs less per expert than a Python loop of matmuls.
+_grouped_mm = getattr(torch.nn.functional, "grouped_mm", None)  # torch >= 2.10
+_PADDING_ALLOWED = {"grouped": 2.0, "loop": 2.5}
+_PER_EXPERT = {"grouped": 7e4, "loop": 2e5}
 
 
 @dataclass
@@ -64,10 +66,11 @@ class ExpertWeights:
         tokens = picked // k
         x = hidden[tokens]
         counts = torch.bincount(slot_sorted, minlength=len(lx.expert_ids))
-        if _use_padded_grid(counts.tolist(), lx.down.shape[1] * lx.down.shape[2]):
+        unpadded = "grouped" if _grouped_mm is not None and x.device.type == "cpu" else "loop"
+        if _use_padded_grid(counts.tolist(), lx.down.shape[1] * lx.down.shape[2], unpadded):
             y = self._ffn_padded(lx, x, slot_sorted, counts)
         else:
-            y = self._ffn_per_expert(lx, x, counts.tolist())
+            y = self._ffn_per_expert(lx, x, counts, unpadded == "grouped")
         y = y * weights.reshape(-1)[picked, None]
         out.index_add_(0, tokens, y.to(out.dtype))
         return out
@@ -82,10 +85,15 @@ class ExpertWeights:
         y = torch.bmm(self.act_fn(gate) * up, lx.down)
         return y[slot_sorted, within]
 
-    def _ffn_per_expert(self, lx: LayerExperts, x, counts: list[int]) -> torch.Tensor:
-        """Large batches: one contiguous slice per expert, no padding."""
+    def _ffn_per_expert(self, lx: LayerExperts, x, counts: torch.Tensor, grouped: bool) -> torch.Tensor:
+        """Skewed or sparse batches: each expert's contiguous rows, no padding. grouped_mm on CPU only: its
+        CUDA kernels have dtype and architecture limits that no GPU here could check."""
+        if grouped:
+            offs = torch.cumsum(counts, 0).to(torch.int32)  # one call: the per-expert loop runs in C++
+            gate, up = _grouped_mm(x, lx.gate_up, offs=offs).chunk(2, dim=-1)
+            return _grouped_mm(self.act_fn(gate) * up, lx.down, offs=offs)
         parts, lo = [], 0
-        for slot, n in enumerate(counts):
+        for slot, n in enumerate(counts.tolist()):
             if n:
                 gate, up = (x[lo:lo + n] @ lx.gate_up[slot]).chunk(2, dim=-1)
                 parts.append((self.act_fn(gate) * up) @ lx.down[slot])
@@ -93,11 +101,13 @@ class ExpertWeights:
         return torch.cat(parts)
 
 
-def _use_padded_grid(counts: list[int], ffn_weights: int) -> bool:
-    """One bmm over a [held, max count, D] grid (every held expert, padded) beats one matmul per hit expert
-    when the padding costs less than the per-expert calls. ffn_weights = F * D of one expert's down matrix."""
+def _use_padded_grid(counts: list[int], ffn_weights: int, unpadded: str = "grouped") -> bool:
+    """One bmm over a [held, max count, D] grid (every held expert, padded) beats the unpadded path
+    ("grouped" or "loop": one call per hit expert) when the padding costs less than the per-expert calls.
+    ffn_weights = F * D of one expert's down matrix."""
     pairs, hit = sum(counts), sum(1 for n in counts if n)
-    return len(counts) * max(counts) <= _PADDING_ALLOWED * pairs + hit * _PER_EXPERT_OVERHEAD / ffn_weights
+    allowed = _PADDING_ALLOWED[unpadded] * pairs + hit * _PER_EXPERT[unpadded] / ffn_weights
+    return len(counts) * max(counts) <= allowed
 
 
 def load_expert_weights(ckpt: Checkpoint, expert_ids: list[int] | None = None, layers: list[int] | None = None,

@@ -41,13 +41,16 @@ def routed(tokens: int, skewed: bool):
     return torch.randn(tokens, HIDDEN, generator=g), ids, torch.softmax(torch.randn(tokens, 2, generator=g), -1)
 
 
-@pytest.mark.parametrize("padded", [True, False], ids=["padded", "per_expert"])
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("skewed", [False, True], ids=["balanced", "skewed"])
-def test_both_paths_match_the_definition(monkeypatch, padded, skewed):
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped_mm", "loop"])
+def test_both_paths_match_the_definition(monkeypatch, padded, skewed, grouped):
+    if not grouped:
+        monkeypatch.setattr(experts_mod, "_grouped_mm", None)  # as on CUDA or torch < 2.10
     weights = make_weights(held=[0, 1, 3, 5, 8, 13])  # a server's share: the other experts are masked
     hidden, ids, gates = routed(40, skewed)
     chosen = []
-    monkeypatch.setattr(experts_mod, "_use_padded_grid", lambda counts, ffn: chosen.append(counts) or padded)
+    monkeypatch.setattr(experts_mod, "_use_padded_grid", lambda counts, *_: chosen.append(counts) or padded)
     out = weights.combine(0, hidden, ids, gates)
     assert chosen, "the combine did not consult the path rule"
     torch.testing.assert_close(out, reference(weights, hidden, ids, gates), rtol=1e-5, atol=1e-5)
@@ -60,11 +63,18 @@ def test_rule_pads_balanced_decode_batches():
 
 def test_rule_loops_when_one_expert_is_hot():
     assert not _use_padded_grid([200, 8, 9, 7, 8, 10, 6, 8], ffn_weights=128 * 192)
+    assert not _use_padded_grid([200, 8, 9, 7, 8, 10, 6, 8], ffn_weights=128 * 192, unpadded="loop")
+
+
+def test_a_python_loop_of_matmuls_gets_more_padding_than_grouped_mm():
+    counts = [3, 1, 1, 1, 0, 0, 0, 0] * 8  # 64 experts, 48 pairs, 32 hit: a grid of 192 rows
+    assert not _use_padded_grid(counts, ffn_weights=128 * 192, unpadded="grouped")
+    assert _use_padded_grid(counts, ffn_weights=128 * 192, unpadded="loop")
 
 
 def test_rule_weighs_per_expert_overhead_against_expert_size():
-    sparse = [2] + [1] * 31 + [0] * 96  # 128 experts, 32 hit: a grid of 256 rows for 33 real ones
-    assert _use_padded_grid(sparse, ffn_weights=128 * 192)       # small experts: 32 matmul calls cost more
+    sparse = [2] + [1] * 62 + [0] * 65  # 128 experts, 63 hit: a grid of 256 rows for 64 real ones
+    assert _use_padded_grid(sparse, ffn_weights=128 * 192)       # small experts: 63 per-expert calls cost more
     assert not _use_padded_grid(sparse, ffn_weights=1024 * 4096)  # big experts: padding costs more
 
 
@@ -76,7 +86,8 @@ def test_bfloat16_paths_are_bit_identical(monkeypatch):
     lx.gate_up, lx.down = lx.gate_up.bfloat16(), lx.down.bfloat16()
     hidden, ids, gates = routed(40, skewed=True)
     outs = []
-    for padded in (True, False):
-        monkeypatch.setattr(experts_mod, "_use_padded_grid", lambda counts, ffn, padded=padded: padded)
+    for padded, grouped in ((True, experts_mod._grouped_mm), (False, experts_mod._grouped_mm), (False, None)):
+        monkeypatch.setattr(experts_mod, "_grouped_mm", grouped)
+        monkeypatch.setattr(experts_mod, "_use_padded_grid", lambda *_, padded=padded: padded)
         outs.append(weights.combine(0, hidden.bfloat16(), ids, gates.bfloat16()))
-    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
