@@ -79,8 +79,8 @@ def main() -> None:
             theirs.append(hf_tokens_per_s(hf, batch, args.new_tokens))
             ours.append(eaas_tokens_per_s(engine, batch, args.new_tokens))
     o, t = max(ours), max(theirs)
-    print(f"model: tiny {args.arch} (hidden {args.hidden_size}, {args.layers} layers, {args.experts} experts, top-{args.top_k}), fp32, CPU, "
-          f"{torch.get_num_threads()} threads")
+    print(f"model: tiny {args.arch} (hidden {args.hidden_size}, {args.layers} layers, {args.experts} experts, "
+          f"top-{args.top_k}), fp32, CPU, {torch.get_num_threads()} threads")
     print(f"batch {args.batch}, {args.new_tokens} new tokens each, greedy, best of {args.repeats}")
     print(f"transformers.generate : {t:8.1f} tok/s")
     print(f"eaas monolithic       : {o:8.1f} tok/s")

@@ -66,34 +66,40 @@ class ExpertWeights:
         tokens = picked // k
         x = hidden[tokens]
         counts = torch.bincount(slot_sorted, minlength=len(lx.expert_ids))
+        count_list = counts.tolist()  # the one device sync: the rule and both paths use it
         unpadded = "grouped" if _grouped_mm is not None and x.device.type == "cpu" else "loop"
-        if _use_padded_grid(counts.tolist(), lx.down.shape[1] * lx.down.shape[2], unpadded):
-            y = self._ffn_padded(lx, x, slot_sorted, counts)
+        if _use_padded_grid(count_list, lx.down.shape[1] * lx.down.shape[2], unpadded):
+            y = self._ffn_padded(lx, x, slot_sorted, counts, max(count_list))
+        elif unpadded == "grouped":
+            y = self._ffn_grouped(lx, x, counts)
         else:
-            y = self._ffn_per_expert(lx, x, counts, unpadded == "grouped")
+            y = self._ffn_loop(lx, x, count_list)
         y = y * weights.reshape(-1)[picked, None]
         out.index_add_(0, tokens, y.to(out.dtype))
         return out
 
-    def _ffn_padded(self, lx: LayerExperts, x, slot_sorted, counts) -> torch.Tensor:
-        """Small batches: every held expert in one bmm over a [experts, max_count, D] padded grid."""
+    def _ffn_padded(self, lx: LayerExperts, x, slot_sorted, counts, max_count: int) -> torch.Tensor:
+        """Balanced batches: every held expert in one bmm over a [experts, max_count, D] padded grid."""
         starts = torch.cumsum(counts, 0) - counts
         within = torch.arange(x.shape[0]) - starts[slot_sorted]
-        grid = x.new_zeros(len(lx.expert_ids), int(counts.max()), x.shape[1])
+        grid = x.new_zeros(len(lx.expert_ids), max_count, x.shape[1])
         grid[slot_sorted, within] = x
         gate, up = torch.bmm(grid, lx.gate_up).chunk(2, dim=-1)
         y = torch.bmm(self.act_fn(gate) * up, lx.down)
         return y[slot_sorted, within]
 
-    def _ffn_per_expert(self, lx: LayerExperts, x, counts: torch.Tensor, grouped: bool) -> torch.Tensor:
-        """Skewed or sparse batches: each expert's contiguous rows, no padding. grouped_mm on CPU only: its
-        CUDA kernels have dtype and architecture limits that no GPU here could check."""
-        if grouped:
-            offs = torch.cumsum(counts, 0).to(torch.int32)  # one call: the per-expert loop runs in C++
-            gate, up = _grouped_mm(x, lx.gate_up, offs=offs).chunk(2, dim=-1)
-            return _grouped_mm(self.act_fn(gate) * up, lx.down, offs=offs)
+    def _ffn_grouped(self, lx: LayerExperts, x, counts: torch.Tensor) -> torch.Tensor:
+        """Skewed or sparse batches on CPU: each expert's contiguous rows, no padding, one grouped_mm per
+        matrix (the per-expert loop runs in C++). CPU only: its CUDA kernels have dtype and architecture
+        limits that no GPU here could check."""
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        gate, up = _grouped_mm(x, lx.gate_up, offs=offs).chunk(2, dim=-1)
+        return _grouped_mm(self.act_fn(gate) * up, lx.down, offs=offs)
+
+    def _ffn_loop(self, lx: LayerExperts, x, counts: list[int]) -> torch.Tensor:
+        """Skewed or sparse batches elsewhere: one matmul per hit expert over its contiguous rows."""
         parts, lo = [], 0
-        for slot, n in enumerate(counts.tolist()):
+        for slot, n in enumerate(counts):
             if n:
                 gate, up = (x[lo:lo + n] @ lx.gate_up[slot]).chunk(2, dim=-1)
                 parts.append((self.act_fn(gate) * up) @ lx.down[slot])
