@@ -15,6 +15,8 @@ ORIG_TARBALL=kubernetes_1.20.5+really1.20.2.orig.tar.gz
 BIN_DIR="${EAAS_K8S_BIN:-$HOME/.cache/eaas/k8s-$K8S_VERSION}"
 WORK_DIR="${EAAS_K8S_WORK:-$HOME/.cache/eaas/k8s-build}"
 GO_BIN=/usr/lib/go-1.19/bin
+# The control plane, and the node (scheduler, kubelet, kube-proxy) for the cluster tier.
+COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
@@ -83,7 +85,7 @@ build_binaries() {
         ldflags="$ldflags -X $pkg.gitTreeState=clean"
     done
     mkdir -p "$BIN_DIR"
-    for cmd in kube-apiserver kube-controller-manager; do
+    for cmd in $COMMANDS; do
         log "go build $cmd"
         (cd "$gopath/src/k8s.io/kubernetes" && GO111MODULE=off GOPATH="$gopath" \
             go build -tags providerless -trimpath -ldflags "$ldflags" -o "$BIN_DIR/$cmd.tmp" "./cmd/$cmd")
@@ -92,7 +94,9 @@ build_binaries() {
 }
 
 build() {
-    if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kube-controller-manager" ]; then
+    local cmd missing=""
+    for cmd in $COMMANDS; do [ -x "$BIN_DIR/$cmd" ] || missing="$missing $cmd"; done
+    if [ -z "$missing" ]; then
         install_packages  # etcd is needed at run time even when the binaries are cached
         log "cached: $BIN_DIR"
         return 0
