@@ -257,7 +257,7 @@ def test_moedeployment_becomes_owned_children(control_plane, api, operator):
     assert api["core"].read_namespaced_service("mix-experts-g0", NAMESPACE).spec.cluster_ip == "None"
     container = deployment(api, "mix-experts-g0").spec.template.spec.containers[0]
     assert container.security_context.read_only_root_filesystem is True
-    assert container.readiness_probe is None  # the operator omits grpc probes below Kubernetes 1.24
+    assert container.readiness_probe.tcp_socket.port == 50051  # no grpc probes below Kubernetes 1.24
     pods = wait_for(lambda: api["core"].list_namespaced_pod(
         NAMESPACE, label_selector="app.kubernetes.io/instance=mix,eaas.dev/group=g0").items, "expert Pods")
     assert {p.status.phase for p in pods} == {"Pending"}
