@@ -11,6 +11,7 @@ from typing import Any
 
 from eaas.topology import ExpertGroup, format_expert_ids
 
+from .decisions import group_replicas
 from .features import ClusterFeatures, cluster_features  # noqa: F401  (re-exported for cluster.py)
 from .pods import (REDIS_UID, graceful_shutdown, http_health_check, omp_threads_env, pod_spec, probes,
                    serving_check)
@@ -223,11 +224,11 @@ def redis_manifests(spec: MoESpec) -> list[dict[str, Any]]:
 
 
 def desired_manifests(spec: MoESpec, replicas: dict[str, int], features: ClusterFeatures) -> list[dict[str, Any]]:
-    """Every child object of the MoEDeployment; `replicas` maps group name -> replicas (default minReplicas)."""
+    """Every child object of the MoEDeployment; `replicas` maps group name -> replicas (see group_replicas)."""
     manifests = [topology_configmap(spec), *gateway_manifests(spec, features)]
+    counts = group_replicas(spec, replicas)
     for group in spec.groups:
-        count = min(max(replicas.get(group.name, spec.min_replicas), spec.min_replicas), spec.max_replicas)
-        manifests += expert_group_manifests(spec, group, count, features)
+        manifests += expert_group_manifests(spec, group, counts[group.name], features)
     if spec.redis_managed:
         manifests += redis_manifests(spec)
     return manifests

@@ -135,6 +135,14 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any]) -> MoESpec:
     return parsed
 
 
+def redis_url_of(name: str, namespace: str, spec: dict[str, Any]) -> str | None:
+    """The Redis the pods use, also for a spec the operator rejected (its keys still need deleting)."""
+    try:
+        return parse_spec(name, namespace, spec).redis_url
+    except SpecError:
+        return ((spec.get("memPool") or {}).get("redis") or {}).get("url")
+
+
 def check_spec(spec: MoESpec) -> None:
     """Cross-field rules; the schema already checked each field alone."""
     missing = [f for f, v in (("model.uri", spec.model_uri), ("image", spec.image),

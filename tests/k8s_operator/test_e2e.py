@@ -363,9 +363,10 @@ def test_delete_garbage_collects_children_and_redis_keys(api, operator, redis_se
     client.set(f"eaas:{NAME}:registry:10.0.0.7:50051", "{}")
     client.set(f"eaas:{NAME}:kv:fp:abc", b"block")
     client.set("eaas:other:load:10", "kept")
+    assert not read_cr(api)["metadata"].get("finalizers")  # nothing waits for an operator on deletion
     api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
-    wait_for(lambda: read_cr(api) is None, "the MoEDeployment gone (finalizer done)", operator)
-    assert client.keys(f"eaas:{NAME}:*") == []
+    wait_for(lambda: read_cr(api) is None, "the MoEDeployment gone", operator)
+    wait_for(lambda: client.keys(f"eaas:{NAME}:*") == [], "the operator unlinked its Redis keys", operator)
     assert client.get("eaas:other:load:10") == b"kept"
     kinds = (("ConfigMap", "v1"), ("Deployment", "apps/v1"), ("Service", "v1"),
              ("PodDisruptionBudget", "policy/v1beta1"))
@@ -394,3 +395,33 @@ def test_redis_outage_degrades_and_does_not_block_deletion(api, operator, redis_
     finally:
         redis_server_session.start()
     assert "could not delete Redis keys eaas:lonely:*" in operator.log.read_text()
+
+
+def test_operator_logs_changes_not_every_refresh(api, operator):
+    """The refresh runs every second here (intervalSeconds 1); a pass that changes nothing logs nothing."""
+    apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    before = len(operator.log.read_text(errors="replace").splitlines())
+    start = time.monotonic()
+    wait_for(lambda: time.monotonic() - start > 5, "five refresh intervals")
+    added = operator.log.read_text(errors="replace").splitlines()[before:]
+    assert not [line for line in added if "succeeded" in line or "Timer" in line], added
+    assert len(added) <= 3, added
+
+
+def test_delete_after_helm_uninstall_never_hangs(control_plane, api, operator):
+    """The operator is gone (helm uninstall; the CRD in crds/ stays): deleting a MoEDeployment still removes
+    it at once and the garbage collector removes every child."""
+    apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    assert deployment(api, "mix-experts-g0") is not None
+    operator.proc.terminate()
+    operator.proc.wait(30)
+    done = subprocess.run([str(HELM), "uninstall", "eaas", "--namespace", NAMESPACE,
+                           f"--kubeconfig={control_plane.kubeconfig}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert deployment(api, "eaas-operator") is None
+    api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
+    wait_for(lambda: read_cr(api) is None, "the MoEDeployment gone without an operator", timeout=30)
+    kinds = (("ConfigMap", "v1"), ("Deployment", "apps/v1"), ("Service", "v1"),
+             ("PodDisruptionBudget", "policy/v1beta1"))
+    wait_for(lambda: not any(owned(api, kind, version) for kind, version in kinds),
+             "every child garbage-collected", timeout=60)
