@@ -19,7 +19,7 @@ from .cluster import ChildObjects, load_kube_config, prunable_kinds
 from .decisions import group_replicas
 from .manifests import desired_manifests
 from .refresh import Refresher, now_iso
-from .spec import GROUP, PLURAL, VERSION, SpecError, parse_spec, redis_url_of
+from .spec import DEFAULT_REDIS_IMAGE, GROUP, PLURAL, VERSION, SpecError, parse_spec, redis_url_of
 from .status import groups_status, readiness_status, replicas_from_status, set_condition
 from .tracking import ObjectState, Tracked
 
@@ -74,7 +74,7 @@ def reconcile(name: str, namespace: str, spec: kopf.Spec, status: kopf.Status, m
     """Apply every child the spec asks for, delete the ones it no longer does, report in status."""
     state = memo.tracked.state(namespace, name, dict(status))
     try:
-        moe = parse_spec(name, namespace, dict(spec))
+        moe = parse_spec(name, namespace, dict(spec), memo.get("default_redis_image") or DEFAULT_REDIS_IMAGE)
     except SpecError as exc:
         _invalid_spec(body, state, patch, exc)
         return

@@ -182,7 +182,8 @@ def test_chart_installs_crd_and_operator(control_plane, release, api, kube):
                                     "moedeployments.eaas.dev").status.conditions or []), "CRD established")
     chart_operator = deployment(api, "eaas-operator")
     assert chart_operator.spec.template.spec.containers[0].command == [
-        "eaas", "operator", "--standalone", f"--namespace={NAMESPACE}", "--liveness=http://0.0.0.0:8080/healthz"]
+        "eaas", "operator", "--standalone", f"--namespace={NAMESPACE}", "--liveness=http://0.0.0.0:8080/healthz",
+        "--redis-image=redis:7.2-alpine"]
     assert chart_operator.spec.template.spec.security_context.run_as_non_root is True
     # No kubelet here: the chart's operator Pod is created and stays Pending.
     pods = wait_for(lambda: api["core"].list_namespaced_pod(

@@ -214,7 +214,8 @@ def test_python_defaults_equal_the_crd_defaults():
     assert moe.min_replicas == props("experts")["minReplicas"]["default"]
     assert moe.max_replicas == props("experts")["maxReplicas"]["default"]
     assert moe.gateway_replicas == props("gateway")["replicas"]["default"]
-    assert moe.redis_image == props("memPool")["redisImage"]["default"]
+    # no CRD default: the operator's --redis-image (chart value managedRedis.image) fills it in
+    assert "default" not in props("memPool")["redisImage"]
     scaling = props("autoscaling")
     assert (moe.autoscaling.enabled, moe.autoscaling.target_tokens_per_second_per_replica,
             moe.autoscaling.scale_up_stabilization_seconds, moe.autoscaling.scale_down_stabilization_seconds,
@@ -272,3 +273,10 @@ def test_rollouts_surge_before_drain_and_let_in_flight_requests_finish():
         # preStop: out of every Endpoints list before SIGTERM makes the server refuse new work
         assert pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRESTOP_SECONDS)]
         assert pod["terminationGracePeriodSeconds"] > PRESTOP_SECONDS + DRAIN_SECONDS
+
+
+def test_managed_redis_image_comes_from_the_spec_else_the_operator_default():
+    own = parse_spec("mix", "team", spec_dict(memPool={"managed": True, "redisImage": "mine/redis:7"}), "eaas-redis:1")
+    assert container_of(desired_manifests(own, {}, NEW), "mix-redis")["image"] == "mine/redis:7"
+    chart = parse_spec("mix", "team", spec_dict(memPool={"managed": True}), "eaas-redis:1")
+    assert container_of(desired_manifests(chart, {}, NEW), "mix-redis")["image"] == "eaas-redis:1"
