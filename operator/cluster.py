@@ -108,4 +108,5 @@ class ChildObjects:
 
 def prunable_kinds(features: ClusterFeatures) -> list[tuple[str, str]]:
     return [("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"),
-            (features.pdb_api_version, "PodDisruptionBudget")]
+            (features.pdb_api_version, "PodDisruptionBudget"), ("v1", "ServiceAccount"),
+            ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding")]

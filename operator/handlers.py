@@ -24,6 +24,13 @@ from .status import groups_status, readiness_status, replicas_from_status, set_c
 from .tracking import ObjectState, Tracked
 
 
+class QuietTracking(logging.Filter):
+    """Drops kopf's "Handler 'track' succeeded." (one per watch event: every status write); keeps the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Handler 'track' succeeded."
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     # The name older versions put on every object: kopf removes it now that no handler requires it.
@@ -32,6 +39,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="eaas.dev")
     # Events: what we post, plus kopf's own warnings (not every log line).
     settings.posting.level = logging.WARNING
+    logging.getLogger("kopf.objects").addFilter(QuietTracking())
     memo.children = ChildObjects(load_kube_config())
     memo.features = memo.children.features()
     memo.redis_clients = {}

@@ -11,6 +11,7 @@ from typing import Any
 
 from eaas.topology import ExpertGroup, format_expert_ids
 
+from .access import gateway_access_manifests, gateway_account_name
 from .decisions import group_replicas
 from .features import ClusterFeatures, cluster_features  # noqa: F401  (re-exported for cluster.py)
 from .pods import (REDIS_UID, graceful_shutdown, http_health_check, omp_threads_env, pod_spec, probes,
@@ -133,7 +134,7 @@ def expert_command(spec: MoESpec, group: ExpertGroup) -> list[str]:
 
 def gateway_command(spec: MoESpec) -> list[str]:
     model, _, _ = model_location(spec)
-    return ["eaas", "gateway", "--model", model, "--topology", f"{TOPOLOGY_DIR}/{TOPOLOGY_KEY}",
+    return ["eaas", "gateway", "--model", model, "--topology", f"{TOPOLOGY_DIR}/{TOPOLOGY_KEY}", "--watch-endpoints",
             "--grpc-port", str(GATEWAY_GRPC_PORT), "--http-port", str(GATEWAY_HTTP_PORT),
             "--deployment", spec.name, *_redis_args(spec)]
 
@@ -179,8 +180,9 @@ def gateway_manifests(spec: MoESpec, features: ClusterFeatures) -> list[dict[str
     topology_hash = hashlib.sha256(topology_json(spec).encode()).hexdigest()[:16]
     annotations = {"eaas.dev/topology-hash": topology_hash, "prometheus.io/scrape": "true",
                    "prometheus.io/port": str(GATEWAY_HTTP_PORT)}
-    pod = pod_spec(spec, spec.gateway, container, volumes)
+    pod = pod_spec(spec, spec.gateway, container, volumes, service_account=gateway_account_name(spec))
     return [
+        *gateway_access_manifests(spec, owned_labels(spec, "gateway")),
         _deployment(spec, name, "gateway", None, spec.gateway_replicas, pod, annotations),
         _service(spec, name, "gateway", None, ports),
         _pdb(spec, name, "gateway", None, features),

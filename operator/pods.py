@@ -89,6 +89,8 @@ def pod_spec(spec: MoESpec, placement: PodPlacement | None, container: dict[str,
     }
     if service_account:
         pod["serviceAccountName"] = service_account
+    else:
+        pod["automountServiceAccountToken"] = False  # no API access: no token in the container
     if placement is not None:
         if placement.resources:
             container["resources"] = placement.resources

@@ -59,7 +59,7 @@ def test_gateway_command_mounts_topology_and_rolls_when_groups_change():
     gateway = by_name(desired_manifests(moe, {}, NEW), "Deployment", "mix-gateway")
     pod = gateway["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"] == [
-        "eaas", "gateway", "--model", "/models/tiny", "--topology", "/etc/eaas/topology.json",
+        "eaas", "gateway", "--model", "/models/tiny", "--topology", "/etc/eaas/topology.json", "--watch-endpoints",
         "--grpc-port", "50050", "--http-port", "8000", "--deployment", "mix", "--redis", "redis://redis.infra:6379/0"]
     assert {"name": "topology", "mountPath": "/etc/eaas", "readOnly": True} in pod["containers"][0]["volumeMounts"]
     assert {"name": "topology", "configMap": {"name": "mix-topology"}} in pod["volumes"]
@@ -280,3 +280,19 @@ def test_managed_redis_image_comes_from_the_spec_else_the_operator_default():
     assert container_of(desired_manifests(own, {}, NEW), "mix-redis")["image"] == "mine/redis:7"
     chart = parse_spec("mix", "team", spec_dict(memPool={"managed": True}), "eaas-redis:1")
     assert container_of(desired_manifests(chart, {}, NEW), "mix-redis")["image"] == "eaas-redis:1"
+
+
+def test_gateway_may_watch_endpoints_and_nothing_else_may_use_the_api():
+    moe = parse_spec("mix", "team", spec_dict(memPool={"managed": True}))
+    manifests = desired_manifests(moe, {}, OLD)
+    role = by_name(manifests, "Role", "mix-gateway")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["endpoints"], "verbs": ["get", "list", "watch"]}]
+    binding = by_name(manifests, "RoleBinding", "mix-gateway")
+    assert binding["roleRef"]["name"] == "mix-gateway"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mix-gateway", "namespace": "team"}]
+    assert by_name(manifests, "ServiceAccount", "mix-gateway")
+    gateway = by_name(manifests, "Deployment", "mix-gateway")["spec"]["template"]["spec"]
+    assert gateway["serviceAccountName"] == "mix-gateway"
+    for name in ("mix-experts-g0", "mix-redis"):
+        pod = by_name(manifests, "Deployment", name)["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
