@@ -34,7 +34,7 @@ def one_round(model, calls: int, tokens: int, relay_rate: float | None, outcomes
     from expert_cluster import ExpertServer
     from slow_relay import SlowRelay
 
-    from eaas.expert_service.wire import encode_tensor
+    from eaas.rpc.wire import encode_tensor
     from eaas.protos import expert_pb2, expert_pb2_grpc
 
     server = ExpertServer(model, "0-3").start().wait_ready()

@@ -21,19 +21,18 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from eaas.expert_service.batcher import CombineBatcher
-from eaas.expert_service.logs import log_event
+from eaas.expert_service.combine_request import ServedExperts, decode_combine
 from eaas.expert_service.metrics import ExpertServerMetrics
-from eaas.expert_service.wire import NAME_BY_DTYPE, ServedExperts, WireError, decode_combine, encode_tensor
+from eaas.logs import log_event
 from eaas.model.experts import ExpertWeights
 from eaas.protos import expert_pb2, expert_pb2_grpc
+from eaas.rpc.transport import SERVICE_NAME
+from eaas.rpc.wire import MAX_MESSAGE_BYTES, NAME_BY_DTYPE, TRANSPORT_MESSAGE_BYTES, WireError, encode_tensor
 from eaas.topology import format_expert_ids
 
 log = logging.getLogger("eaas.expert_service")
 
-MAX_MESSAGE_BYTES = 64 << 20        # largest CombineRequest served (e.g. 8192 tokens x 2048 hidden x fp32)
-TRANSPORT_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES  # gRPC's own limit: above ours, so ours answers first
 DRAIN_GRACE_SECONDS = 30.0          # how long admitted requests may take to finish after SIGTERM
-SERVICE_NAME = expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name
 
 
 @dataclass

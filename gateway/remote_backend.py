@@ -21,10 +21,10 @@ import grpc
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from eaas.expert_service.logs import log_event
-from eaas.expert_service.metrics import SECONDS_BUCKETS, PerExpertTokenCounter
-from eaas.expert_service.client import ExpertTransport, GrpcTransport
-from eaas.expert_service.wire import DTYPE_BY_NAME, WireError, decode_tensor, encode_tensor
+from eaas.logs import log_event
+from eaas.rpc.metrics import SECONDS_BUCKETS, PerExpertTokenCounter
+from eaas.rpc.transport import ExpertTransport, GrpcTransport
+from eaas.rpc.wire import DTYPE_BY_NAME, WireError, decode_tensor, encode_tensor
 from eaas.gateway.dispatch import FailureAction, failure_action, pick_replica
 from eaas.protos import expert_pb2
 from eaas.topology import format_expert_ids

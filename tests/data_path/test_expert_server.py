@@ -13,7 +13,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from eaas.expert_service.wire import decode_tensor, encode_tensor
+from eaas.rpc.wire import decode_tensor, encode_tensor
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.experts import load_expert_weights
 from eaas.protos import expert_pb2, expert_pb2_grpc
