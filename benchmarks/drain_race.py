@@ -37,7 +37,7 @@ def one_round(model, calls: int, tokens: int, relay_rate: float | None, outcomes
     from eaas.rpc.wire import encode_tensor
     from eaas.protos import expert_pb2, expert_pb2_grpc
 
-    server = ExpertServer(model, "0-3").start().wait_ready()
+    server = ExpertServer(model, "0-3").start().wait_ready(timeout=300)
     relay = SlowRelay(server.port, relay_rate) if relay_rate else None
     channel = grpc.insecure_channel((relay or server).address, options=[
         ("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)])
@@ -57,7 +57,9 @@ def one_round(model, calls: int, tokens: int, relay_rate: float | None, outcomes
             if time.monotonic() > deadline:
                 raise TimeoutError("calls never became in flight")
             time.sleep(0.02)
-        outcomes[f"exit {server.terminate()}"] += 1
+        outcomes[f"exit {server.terminate(timeout=120)}"] += 1
+        drained = [line for line in server.output().splitlines() if "event=replies_sent" in line]
+        print("  server:", drained[0].split("event=")[1] if drained else "no replies_sent line", flush=True)
         for reply in pending:
             try:
                 outcomes["whole" if list(reply.result().output.shape) == [tokens, 64] else "wrong shape"] += 1

@@ -107,6 +107,11 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 
         context.add_done_callback(ended)
 
+    @property
+    def unsent(self) -> int:
+        """Admitted calls whose reply is not yet handed to gRPC core."""
+        return len(self._replies)
+
     async def drain(self, timeout: float) -> None:
         """Refuse new Combine calls; wait (up to `timeout`) until every admitted call's reply is sent."""
         self.draining = True
@@ -169,8 +174,9 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
     # sends a frame to a closed socket, the kernel answers RST and the unsent tail is lost (UNAVAILABLE
     # "GOAWAY ... Server shutdown"). Once every reply is in the socket, GOAWAY and its PING queue behind
     # them: the client acks the PING only after reading the replies, and core closes only after that ack.
-    deadline = loop.time() + DRAIN_GRACE_SECONDS
+    started = loop.time()
     await servicer.drain(DRAIN_GRACE_SECONDS)
-    await server.stop(max(0.0, deadline - loop.time()))
+    log_event(log, "replies_sent", seconds=f"{loop.time() - started:.2f}", unsent=servicer.unsent)
+    await server.stop(max(0.0, started + DRAIN_GRACE_SECONDS - loop.time()))
     servicer.batcher.close()
     log_event(log, "stopped")
