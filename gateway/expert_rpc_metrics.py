@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import weakref
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from eaas.rpc.metrics import SECONDS_BUCKETS, PerExpertTokenCounter
 
 
 class ExpertRpcMetrics:
-    _by_registry: dict[int, ExpertRpcMetrics] = {}
+    # One set per registry (names are unique within one; several backends may share a process). Keyed by the
+    # registry itself, weakly: an id() key outlives its registry and a new registry can reuse the id.
+    _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, ExpertRpcMetrics] = weakref.WeakKeyDictionary()
 
     def __init__(self, registry: CollectorRegistry):
         self.rpc_seconds = Histogram("eaas_gateway_expert_rpc_seconds", "Round trip of one Combine RPC attempt.",
@@ -20,6 +24,7 @@ class ExpertRpcMetrics:
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry) -> ExpertRpcMetrics:
-        if id(registry) not in cls._by_registry:  # one set per registry: several backends may live in a process
-            cls._by_registry[id(registry)] = cls(registry)
-        return cls._by_registry[id(registry)]
+        metrics = cls._by_registry.get(registry)
+        if metrics is None:
+            metrics = cls._by_registry[registry] = cls(registry)
+        return metrics

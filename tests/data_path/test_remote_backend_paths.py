@@ -5,6 +5,7 @@ group (the same code an expert server runs) unless the test scripts its next ans
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 
 import grpc
 import pytest
@@ -219,3 +220,19 @@ def test_a_quarantined_replica_is_tried_when_no_ready_one_is_left(local):
         assert torch.equal(backend.combine(1, hidden, low_only, weights), expected)  # last resort: it answers
     finally:
         backend.close()
+
+
+def test_each_registry_shows_its_own_backends_counts_when_registries_come_and_go():
+    """Registries made and dropped one after another (CPython hands a freed object's address, its id(), to
+    the next one at once): each must still show the tokens its own backend routed."""
+    transport = InProcessTransport({"a": LOW})
+    for seed in range(20):
+        registry = CollectorRegistry()
+        backend = RemoteExpertBackend([GroupSpec(LOW, ("a",))], fingerprint=transport.fingerprint,
+                                      probe_interval_s=3600, transport=transport, registry=registry)
+        hidden, ids, weights = _batch(seed, experts=4)
+        backend.combine(0, hidden, ids, weights)
+        backend.close()
+        assert registry.get_sample_value("eaas_gateway_tokens_routed_total", {"expert": "0"}) == (ids == 0).sum()
+        del registry, backend
+        gc.collect()
