@@ -144,6 +144,9 @@ class Gateway:
                                        model_type=self.ckpt.family.model_type, num_experts=self.num_experts,
                                        expert_groups=groups)
 
+    def grpc_servicer(self) -> GatewayServicer:
+        return GatewayServicer(self.service, self.model_name, self.gateway_info)
+
     @property
     def model_name(self) -> str:
         return self.ckpt.path.name
@@ -155,8 +158,7 @@ class Gateway:
         self.service.start()
 
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
-        gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(self.service, self.model_name, self.gateway_info), server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(self.grpc_servicer(), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([GATEWAY_SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)

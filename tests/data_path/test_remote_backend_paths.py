@@ -4,6 +4,7 @@ group (the same code an expert server runs) unless the test scripts its next ans
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import gc
 
@@ -17,7 +18,7 @@ from eaas.gateway.remote_backend import ExpertRequestRejected, ExpertsUnavailabl
 from eaas.gateway.replica_table import GroupSpec
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.experts import load_expert_weights
-from eaas.protos import expert_pb2
+from eaas.protos import expert_pb2, gateway_pb2
 from eaas.rpc.wire import MAX_MESSAGE_BYTES, encode_tensor
 from expert_cluster import tiny_mixtral
 
@@ -236,3 +237,20 @@ def test_each_registry_shows_its_own_backends_counts_when_registries_come_and_go
         assert registry.get_sample_value("eaas_gateway_tokens_routed_total", {"expert": "0"}) == (ids == 0).sum()
         del registry, backend
         gc.collect()
+
+
+def test_gateway_info_follows_the_live_replica_table():
+    from eaas.gateway.server import Gateway, GatewayOptions
+
+    transport = InProcessTransport({"a": LOW, "b": HIGH, "all": LOW + HIGH})
+    gateway = Gateway(GatewayOptions(model=str(tiny_mixtral())))
+    gateway.backend = RemoteExpertBackend([GroupSpec(LOW, ("a",)), GroupSpec(HIGH, ("b",))],
+                                          fingerprint=transport.fingerprint, probe_interval_s=3600,
+                                          transport=transport, registry=CollectorRegistry())
+    try:
+        servicer = gateway.grpc_servicer()
+        assert list(asyncio.run(servicer.Info(gateway_pb2.GatewayInfoRequest(), None)).expert_groups) == ["g0=0-3", "g1=4-7"]
+        gateway.backend.update_table([GroupSpec(LOW + HIGH, ("all",), "whole")])
+        assert list(asyncio.run(servicer.Info(gateway_pb2.GatewayInfoRequest(), None)).expert_groups) == ["whole=0-7"]
+    finally:
+        gateway.backend.close()
