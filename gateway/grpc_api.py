@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from eaas.engine.llm_engine import RequestError
@@ -26,10 +28,10 @@ def sampling_params(req: gateway_pb2.GenerateRequest) -> SamplingParams:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, service: EngineService, model_name: str, info: gateway_pb2.GatewayInfo):
+    def __init__(self, service: EngineService, model_name: str, info: Callable[[], gateway_pb2.GatewayInfo]):
         self.service = service
         self.model_name = model_name
-        self.info = info
+        self.info = info  # called per Info request: the replica table changes while serving
 
     async def Generate(self, request, context):
         try:
@@ -50,4 +52,4 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             await context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
 
     async def Info(self, request, context):
-        return self.info
+        return self.info()

@@ -158,13 +158,15 @@ class Gateway:
         return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool)
 
     def gateway_info(self) -> gateway_pb2.GatewayInfo:
-        groups = [f"{g.name}={format_expert_ids(g.expert_ids)}" for g in self.backend_groups()]
+        """Built per Info call: expert_groups follows the live replica table."""
+        live = self.backend.groups() if self.backend else []
+        groups = [f"{g.name}={format_expert_ids(g.expert_ids)}" for g in live]
         return gateway_pb2.GatewayInfo(model_name=self.model_name, model_fingerprint=self.fingerprint,
                                        model_type=self.ckpt.family.model_type, num_experts=self.num_experts,
                                        expert_groups=groups)
 
-    def backend_groups(self):
-        return [g.spec for g in self.backend._groups] if self.backend else []
+    def grpc_servicer(self) -> GatewayServicer:
+        return GatewayServicer(self.service, self.model_name, self.gateway_info)
 
     @property
     def model_name(self) -> str:
@@ -178,8 +180,7 @@ class Gateway:
         self.service.start()
 
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
-        gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(self.service, self.model_name, self.gateway_info()), server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(self.grpc_servicer(), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([GATEWAY_SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
