@@ -74,5 +74,6 @@ def test_batches_over_scattered_blocks_match_each_sequence_alone(mixtral_dir):
         engine.blocks.grow(t, len(p))
         alone.append(engine.runner.forward(p, [t], [0], [len(p)])[0])
     assert torch.allclose(together[0], alone[0], atol=1e-5) and torch.allclose(together[1], alone[1], atol=1e-5)
+    engine.blocks.grow(a, 5)
     step = engine.runner.forward([1, 2], [a, b], [4, 3], [1, 1])  # a decode step over the same tables
     assert step.shape == (2, engine.model.vocab_size) and torch.isfinite(step).all()
