@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.llm_engine import LLMEngine, RequestError, RequestHandle, StepOutput
 from eaas.engine.sequence import SamplingParams, Sequence
 from eaas.gateway.detokenizer import IncrementalDetokenizer
@@ -41,8 +42,6 @@ class QueueFull(GenerationFailed):
                                                f"retry in {retry_after_s} s")
         self.retry_after_s = retry_after_s
 
-
-DEFAULT_MAX_QUEUED = 1024
 
 
 @dataclass

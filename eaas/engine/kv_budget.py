@@ -1,4 +1,5 @@
-"""How many KV blocks the engine preallocates: a byte budget, by default a share of the machine's memory."""
+"""The gateway's memory limits: how many KV blocks the engine preallocates (a byte budget, by default a
+share of the machine's memory), and how many requests may wait for it (queued requests hold no KV)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from eaas.engine.block_manager import blocks_for
 
 DEFAULT_SHARE = 0.10       # of physical memory, when the engine runs on CPU (the gateway does today)
 DEFAULT_GPU_SHARE = 0.50   # of the GPU's free memory after the weights are loaded, on CUDA
+DEFAULT_MAX_QUEUED = 1024  # requests waiting beyond this are refused (HTTP 429 / RESOURCE_EXHAUSTED)
 
 
 def machine_memory_bytes() -> int:
