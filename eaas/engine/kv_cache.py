@@ -1,9 +1,10 @@
 """The KV cache in paged blocks, preallocated once from a byte budget.
 
-Every layer has a K and a V tensor of [num_blocks * block_size, heads, dim]; token position p of a
-sequence lives at row table[p // block_size] * block_size + p % block_size, where `table` is the
+Every layer has a K and a V tensor of [num_blocks, block_size, heads, dim]; token position p of a
+sequence lives in block table[p // block_size] at offset p % block_size, where `table` is the
 sequence's block table (block_manager.py decides which blocks). A packed forward writes all new keys
-with one scatter and reads each sequence's context back with one gather per layer, padded to the
+with one scatter of rows and reads each sequence's context back with one gather of whole blocks per
+layer (a block is one contiguous run of memory, so the gather copies few large pieces), padded to the
 longest context of the batch (attention.py masks the padding).
 MLA layers cache their compressed latents the same way (whatever the attention module hands to
 `update`). Token ranges leave and come back as MemPool blocks: [k0, v0, k1, v1, ...], each
@@ -44,13 +45,14 @@ class KVCache:
         self.shapes = shapes
         self.num_blocks = num_blocks
         self.block_size = block_size
-        rows = num_blocks * block_size
-        self.layers = [(torch.zeros(rows, s.k_heads, s.k_dim, dtype=s.dtype, device=device),
-                        torch.zeros(rows, s.v_heads, s.v_dim, dtype=s.dtype, device=device)) for s in shapes]
+        self.blocks = [(torch.zeros(num_blocks, block_size, s.k_heads, s.k_dim, dtype=s.dtype, device=device),
+                        torch.zeros(num_blocks, block_size, s.v_heads, s.v_dim, dtype=s.dtype, device=device))
+                       for s in shapes]
+        self.layers = [(k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])) for k, v in self.blocks]  # by row
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in self.layers)
+        return sum(k.nbytes + v.nbytes for k, v in self.blocks)
 
     def rows(self, table: list[int], lo: int, hi: int) -> torch.Tensor:
         """Cache rows of positions lo..hi-1 of a sequence with block table `table`."""
@@ -78,23 +80,28 @@ class PagedBatch:
         self.cache = cache
         self.layout = layout
         bs = cache.block_size
-        width = max(len(t) for t in tables)
-        padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)  # [B, width]
-        seq_of_token = torch.repeat_interleave(torch.arange(len(tables)), torch.tensor(layout.new))
-        pos = layout.positions
-        self.write_rows = padded[seq_of_token, pos // bs] * bs + pos % bs  # [T]
-        ctx = torch.arange(layout.max_context)
-        # [B * max_context]: rows past a sequence's context read block 0 (zeros or stale), masked in attention
-        self.read_rows = (padded[:, ctx // bs] * bs + ctx % bs).view(-1)
+        # plain Python for these few hundred indices: cheaper than a dozen small tensor ops every step
+        rows = []
+        for table, start, n in zip(tables, layout.cached, layout.new):
+            rows.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+        self.write_rows = torch.tensor(rows, dtype=torch.long)  # [T]
+        width = -(-layout.max_context // bs)
+        # [B * width]: blocks past a sequence's context read block 0 (zeros or stale), masked in attention
+        self.read_blocks = torch.tensor([b for t in tables for b in (t + [0] * width)[:width]],
+                                        dtype=torch.long)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         kc, vc = self.cache.layers[layer_idx]
-        kc[self.write_rows] = key_states[0].transpose(0, 1)  # [T, heads, dim]
-        vc[self.write_rows] = value_states[0].transpose(0, 1)
+        kc.index_copy_(0, self.write_rows, key_states[0].transpose(0, 1))  # [T, heads, dim]
+        vc.index_copy_(0, self.write_rows, value_states[0].transpose(0, 1))
+        kb, vb = self.cache.blocks[layer_idx]
+        return self._context(kb), self._context(vb)
+
+    def _context(self, blocks: torch.Tensor) -> torch.Tensor:
+        """[B, heads, max_context, dim]: every sequence's cached tokens, gathered block by block."""
         B, n = len(self.layout.new), self.layout.max_context
-        k = kc.index_select(0, self.read_rows).view(B, n, kc.shape[1], kc.shape[2]).transpose(1, 2)
-        v = vc.index_select(0, self.read_rows).view(B, n, vc.shape[1], vc.shape[2]).transpose(1, 2)
-        return k, v
+        out = blocks.index_select(0, self.read_blocks)  # [B * width, block_size, heads, dim]
+        return out.view(B, -1, blocks.shape[2], blocks.shape[3])[:, :n].transpose(1, 2)
 
 
 class _ShapeSeen(Exception):
