@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from eaas.engine.factory import engine_with_backend, load_tokenizer
+from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.gateway import discovery
 from eaas.gateway.engine_service import EngineService
@@ -53,6 +54,8 @@ class GatewayOptions:
     micro_batches: int = 2
     prefix_cache: bool = True
     block_size: int = 16
+    kv_cache_bytes: int | None = None   # None: kv_budget.py's default share of memory
+    max_queued_requests: int = DEFAULT_MAX_QUEUED
     refresh_s: float = 2.0
     watch_endpoints: bool = False  # topology groups' replicas from an Endpoints watch, not DNS
     namespace: str | None = None  # of the watched Endpoints; None: the pod's own
@@ -148,14 +151,18 @@ class Gateway:
         self.backend = RemoteExpertBackend(groups, fingerprint=self.fingerprint, layers=self.ckpt.moe_layers())
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
-                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches)
+                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches,
+                                     o.kv_cache_bytes, o.block_size)
+        log.info("KV cache: %d blocks of %d tokens, %.2f GiB preallocated", engine.blocks.num_blocks,
+                 engine.block_size, engine.kv.nbytes / 2**30)
         kv_pool = None
         if o.prefix_cache:
             from eaas.mempool import SyncKVPool
 
             kv_pool = SyncKVPool.from_url(o.redis, deployment=o.deployment, fingerprint=self.fingerprint,
                                           block_size=o.block_size)
-        return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool)
+        return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool,
+                             max_queued_requests=o.max_queued_requests)
 
     def gateway_info(self) -> gateway_pb2.GatewayInfo:
         """Built per Info call: expert_groups follows the live replica table."""
