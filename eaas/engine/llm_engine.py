@@ -44,6 +44,15 @@ class RequestHandle:
         self.engine = engine
         self.seq = seq
 
+    @property
+    def output_ids(self) -> list[int]:
+        """The tokens generated so far (all of them once the request has finished)."""
+        return self.seq.output_ids
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.seq.finish_reason
+
     def finish(self) -> None:
         """End the request at the engine's next step, freeing its KV; the tokens not yet made never are."""
         self.engine._finish_requests.append(self.seq)  # deque.append: safe from another thread
