@@ -10,7 +10,7 @@ import time
 
 from eaas.errors import UserError
 
-DEFAULT_SLO_MS = 400.0
+DEFAULT_SLO_MS = 4000.0
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     w = p.add_argument_group("workload")
     w.add_argument("--trace", metavar="FILE", help="BurstGPT CSV (default: a generated BurstGPT-shaped trace)")
     w.add_argument("--hours", type=float, default=24.0, help="length of the generated trace")
-    w.add_argument("--rate-scale", type=float, default=8.0,
+    w.add_argument("--rate-scale", type=float, default=1.0,
                    help="generated trace: x BurstGPT's 2 requests/s mean rate")
     w.add_argument("--seed", type=int, default=0, help="seed of the generated trace, popularity and failures")
     w.add_argument("--routing-stats", metavar="FILE",
@@ -30,8 +30,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     d.add_argument("--experts-per-group", type=int, default=8, help="experts per group (expertsPerReplica)")
     d.add_argument("--placement", choices=("contiguous", "cohot"), default="contiguous",
                    help="contiguous ids (the operator today) or co-hot experts grouped (ExFlow-style)")
-    d.add_argument("--gateways", type=int, default=16, help="gateway processes (fixed)")
-    d.add_argument("--max-batch", type=int, default=256, help="concurrent sequences per gateway")
+    d.add_argument("--gateways", type=int, default=64, help="gateway processes (fixed)")
+    d.add_argument("--max-batch", type=int, default=64, help="concurrent sequences per gateway")
     d.add_argument("--min-replicas", type=int, default=2,
                    help="per group (2: one failure never leaves a group without a replica)")
     d.add_argument("--max-replicas", type=int, default=64, help="per group")

@@ -7,7 +7,7 @@ read from it (its busiest `load_windows` windows) in a replay with every group a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -109,7 +109,10 @@ def run_plan(scenario: Scenario, policies=POLICIES, progress_factory=None) -> Pl
             horizon = dep.startup_s + scaling.interval_s
             affinity = group_affinity(scenario.popularity.history.mean(axis=0), group_of,
                                       scenario.popularity.cluster_of, scenario.popularity.affinity)
-            outcomes[name] = replay(PredictivePolicy(policy, forecast=ForecastSettings(
+            # the forecast carries the burst headroom the long scale-down hold is for: hold only as long
+            # as a replacement takes to start (start-up + one interval)
+            held = replace(policy, scale_down_window=min(policy.scale_down_window, horizon))
+            outcomes[name] = replay(PredictivePolicy(held, forecast=ForecastSettings(
                 horizon_s=horizon, burst_z=scenario.forecast_z), affinity=affinity), static)
         else:
             raise UserError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")

@@ -65,6 +65,7 @@ class Outcome:
     served_tokens: float
     good_tokens: float          # served in steps within the SLO
     itl_p99_s: float
+    itl_p50_s: float
     ttft_p99_s: float
     failed_requests: int
     requests: int
@@ -246,7 +247,7 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         step = model.seconds(n / dep.gateways)
         if prefill and math.isfinite(step):  # prompt tokens share the tick's steps (chunked prefill)
             for _ in range(2):
-                step = model.seconds((n + prefill * step) / dep.gateways)
+                step = model.seconds((n + prefill * min(1.0, step)) / dep.gateways)
         for i in admitted:
             ttft[i] = max(0.0, now - arrival_s[i]) + (math.ceil(prompts[i] / dep.prefill_chunk_tokens) + 1) * step
             heapq.heappush(active, progress_tokens + responses[i])
@@ -285,6 +286,7 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
     return Outcome(
         policy=getattr(policy, "name", "policy"), duration_s=float(duration), replica_seconds=replica_seconds,
         served_tokens=served, good_tokens=good, itl_p99_s=weighted_quantile(tick_step, tick_tokens, 0.99),
+        itl_p50_s=weighted_quantile(tick_step, tick_tokens, 0.5),
         ttft_p99_s=float(np.quantile(ttft[done], 0.99)) if done.any() else 0.0, failed_requests=failed,
         requests=len(trace), minute_replicas=minute_replicas, minute_load=minute_load,
         minute_itl=np.divide(minute_step_tokens, minute_tokens, out=np.zeros(minutes), where=minute_tokens > 0),
