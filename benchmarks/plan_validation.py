@@ -2,7 +2,7 @@
 
 In one run, on this machine:
 1. `eaas up` (the profile's Mixtral: hidden 512, 8 experts, top-2, 4 layers; 2 groups x 2 replicas,
-   1 gateway) is calibrated at steady concurrency (1..32 streams): step time and the gateway's own
+   1 gateway) is calibrated at steady concurrency (1..128 streams, two sweeps, medians): step time and the gateway's own
    Combine RPC time -> a service profile for this run (benchmarks/plan_profile.py's method);
 2. a generated BurstGPT-shaped trace (bursty Gamma arrivals, Zipf lengths up to 64 tokens) is replayed
    against it, each request at its arrival time (eaas.plan.replay): throughput (tokens / time to the last
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plan_profile import gateway_layer_seconds, profile_model, step_sweep, up_fleet  # noqa: E402
 
-CALIBRATION = (1, 2, 4, 8, 16, 32)
+CALIBRATION = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def main() -> int:
@@ -47,7 +47,7 @@ def main() -> int:
           f"response tokens, prompts {int(trace.prompt_tokens.sum())} tokens", flush=True)
     fleet = up_fleet(profile_model())
     try:
-        streams, steps, rpcs = step_sweep(fleet, 1, CALIBRATION)
+        streams, steps, rpcs = step_sweep(fleet, 2, CALIBRATION)
         for n, s, r in zip(streams, steps, rpcs):
             print(f"calibration: {n:3.0f} streams  step {s * 1e3:7.2f} ms  Combine RPC {r * 1e3:6.2f} ms", flush=True)
         started = time.perf_counter()

@@ -238,7 +238,7 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         next_arrival = last
         prefill = 0
         admitted = []
-        room = capacity - len(active)
+        room = 0 if model.stalled else capacity - len(active)  # a stalled deployment admits no one
         while waiting and len(admitted) < room:
             i = waiting.popleft()
             admitted.append(i)

@@ -84,7 +84,7 @@ def test_reactive_autoscaler_adds_replicas_when_load_rises_and_removes_them_afte
 
 
 def test_failures_of_a_groups_only_replica_fail_requests_and_redundancy_mostly_avoids_it(profile):
-    trace = steady_trace(20, 900)
+    trace = steady_trace(5, 900, response=1000)  # ~7 s each: requests are in flight when a group dies
     single = run(trace, 1, faults=Faults(failures_per_minute=2.0, request_timeout_s=10.0, seed=3), profile=profile,
                  seconds=1000)
     double = run(trace, 2, faults=Faults(failures_per_minute=2.0, request_timeout_s=10.0, seed=3), profile=profile,
