@@ -48,7 +48,8 @@ def main() -> int:
           f"predictive fewer violating tokens at no more cost: "
           f"{p['slo_violating_tokens'] < r['slo_violating_tokens'] and p['ratio'] <= r['ratio']}")
 
-    faulty = run_plan(dataclasses.replace(scenario, faults=Faults(1.0, scenario.faults.request_timeout_s, 1)))
+    faulty = run_plan(dataclasses.replace(scenario, faults=Faults(1.0, scenario.faults.request_timeout_s, 1)),
+                      ample=base.ample)
     print("1 replica failure per minute (replaced after the start-up delay):")
     for name, o in faulty.outcomes.items():
         clean = base.outcomes[name]

@@ -55,7 +55,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="a request fails after its steps stall this long (a group without replicas)")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print one JSON object keyed by policy")
-    o.add_argument("--report", metavar="DIR", help="write PNG plots and index.html to DIR")
+    o.add_argument("--report", metavar="DIR", help="write PNG plots and index.html to DIR (replays again at 4 more "
+                   "targets per policy for the cost-vs-SLO curves)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -112,9 +113,12 @@ def run(args) -> int:
     table = summary(result)
     elapsed = time.perf_counter() - started
     if args.report:
+        from eaas.plan.planner import frontier
         from eaas.plan.report import write_report
 
-        write_report(args.report, scenario, result, table)
+        curves = frontier(scenario, result, policies=[p for p in policies if p != "static"]) \
+            if any(p != "static" for p in policies) else None
+        write_report(args.report, scenario, result, table, curves)
     if args.json:
         print(json.dumps(table, indent=1))
         return 0

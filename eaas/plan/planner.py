@@ -77,7 +77,8 @@ def peak_window_loads(outcome_buckets: np.ndarray, windows: int) -> np.ndarray:
                      for g in range(outcome_buckets.shape[1])])
 
 
-def run_plan(scenario: Scenario, policies=POLICIES, progress_factory=None) -> PlanResult:
+def run_plan(scenario: Scenario, policies=POLICIES, progress_factory=None, ample: Outcome | None = None) -> PlanResult:
+    """Replay each policy; `ample` (a previous plan's ample pass on the same trace) skips that pass."""
     dep, scaling = scenario.deployment, scenario.autoscaling
     group_of = placement_of(scenario)
     shares = group_shares(scenario.popularity.shares, group_of)
@@ -95,8 +96,9 @@ def run_plan(scenario: Scenario, policies=POLICIES, progress_factory=None) -> Pl
             if bar is not None:
                 bar.close()
 
-    ample = replay(StaticPolicy(np.full(groups, dep.max_replicas), name="ample"),
-                   np.full(groups, dep.max_replicas), Faults(0.0, scenario.faults.request_timeout_s))
+    if ample is None:
+        ample = replay(StaticPolicy(np.full(groups, dep.max_replicas), name="ample"),
+                       np.full(groups, dep.max_replicas), Faults(0.0, scenario.faults.request_timeout_s))
     peak = peak_window_loads(ample.window_loads, scaling.load_windows)
     static = np.clip(np.ceil(peak / scaling.target_per_replica), dep.min_replicas, dep.max_replicas).astype(np.int64)
     outcomes = {}
@@ -142,3 +144,23 @@ def summary(result: PlanResult) -> dict[str, dict]:
             "rpcs_per_step": round(result.rpcs_per_step, 1),
         }
     return out
+
+
+def frontier(scenario: Scenario, base: PlanResult, multipliers=(0.6, 0.8, 1.25, 1.6),
+             policies=("reactive", "predictive")) -> dict[str, list[dict]]:
+    """Cost vs SLO as targetTokensPerSecondPerReplica varies (x multipliers), against the base plan's static
+    replica-seconds; the base plan's own point (x1) is included."""
+    static_rs = float(base.static_replicas.sum() * next(iter(base.outcomes.values())).duration_s)
+    points: dict[str, list[dict]] = {p: [] for p in policies}
+    for m in sorted(set(multipliers) | {1.0}):
+        if m == 1.0:
+            outcomes = base.outcomes
+        else:
+            scaled = replace(scenario, autoscaling=replace(scenario.autoscaling,
+                                                           target_per_replica=scenario.autoscaling.target_per_replica * m))
+            outcomes = run_plan(scaled, policies, ample=base.ample).outcomes
+        for p in policies:
+            o = outcomes[p]
+            points[p].append({"target_x": m, "ratio": o.replica_seconds / static_rs, "slo_attainment": o.slo_attainment,
+                              "violating_tokens": o.served_tokens - o.good_tokens})
+    return points

@@ -57,28 +57,34 @@ def plot_popularity(path: Path, shares: np.ndarray) -> None:
     plt.close(fig)
 
 
-def plot_frontier(path: Path, table: dict) -> None:
+def plot_frontier(path: Path, table: dict, curves: dict | None = None) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, points in (curves or {}).items():
+        ax.plot([p["ratio"] for p in points], [p["slo_attainment"] * 100 for p in points], "o-", ms=3, lw=1,
+                color=COLORS.get(name), alpha=0.6)
+        for p in points:
+            ax.annotate(f"x{p['target_x']:g}", (p["ratio"], p["slo_attainment"] * 100), fontsize=6,
+                        textcoords="offset points", xytext=(3, -8), color=COLORS.get(name))
     for name, row in table.items():
-        ax.scatter(row["ratio"], row["slo_attainment"] * 100, color=COLORS.get(name), s=60, label=name)
-        ax.annotate(name, (row["ratio"], row["slo_attainment"] * 100), textcoords="offset points", xytext=(6, 4))
+        ax.scatter(row["ratio"], row["slo_attainment"] * 100, color=COLORS.get(name), s=60, label=name, zorder=3)
     ax.axhline(99, color="red", lw=0.6, ls="--")
     ax.set_xlabel("replica-seconds / static")
     ax.set_ylabel("% of tokens within the ITL SLO")
-    ax.set_title("cost vs SLO per policy")
+    ax.set_title("cost vs SLO (lines: target per replica x0.6..x1.6)" if curves else "cost vs SLO per policy")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def write_report(directory: str | Path, scenario, result, table: dict) -> Path:
+def write_report(directory: str | Path, scenario, result, table: dict, curves: dict | None = None) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     plot_load_vs_replicas(out / "load_vs_replicas.png", result, result.target_per_replica)
     plot_popularity(out / "popularity.png", scenario.popularity.shares)
-    plot_frontier(out / "frontier.png", table)
-    (out / "summary.json").write_text(json.dumps(table, indent=1) + "\n")
+    plot_frontier(out / "frontier.png", table, curves)
+    (out / "summary.json").write_text(json.dumps({"policies": table, "frontier": curves or {}}, indent=1) + "\n")
     dep = scenario.deployment
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{r['ratio']:.3f}</td><td>{r['mean_replicas']:.1f}</td>"
