@@ -16,6 +16,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                      help="static table: '0-3=host:port,host:port;4-7=host:port' (expert ids = replicas)")
     src.add_argument("--topology", metavar="FILE",
                      help="the operator's topology.json: groups resolved via their headless Services' DNS")
+    src.add_argument("--watch-endpoints", action="store_true",
+                     help="with --topology: each group's replicas are the ready addresses of its Service's "
+                          "Endpoints, watched through the Kubernetes API (in-cluster or $KUBECONFIG), not DNS")
+    src.add_argument("--namespace", default=None,
+                     help="namespace of the watched Endpoints (default: the pod's own)")
     src.add_argument("--redis", metavar="URL", help="Redis of the MemPool: registry, KV blocks, load statistics "
                      "(redis://, rediss://); without it the KV pool is in-process")
     p.add_argument("--deployment", default="local", help="deployment name (Redis key prefix), default 'local'")
@@ -35,13 +40,16 @@ def run(args) -> int:
     from eaas.gateway.server import Gateway, GatewayOptions
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.watch_endpoints and not args.topology:
+        raise UserError("--watch-endpoints needs --topology (which Services hold which experts)")
     if not (args.expert_servers or args.topology or args.redis):
         raise UserError("tell the gateway where the experts are: --expert-servers, --topology or --redis")
     opts = GatewayOptions(model=args.model, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           expert_servers=args.expert_servers, topology=args.topology, redis=args.redis,
                           deployment=args.deployment, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                           max_batched_tokens=args.max_batched_tokens, micro_batches=args.micro_batches,
-                          prefix_cache=not args.no_prefix_cache)
+                          prefix_cache=not args.no_prefix_cache, watch_endpoints=args.watch_endpoints,
+                          namespace=args.namespace)
     if opts.expert_servers:
         from eaas.gateway.discovery import parse_expert_servers
 

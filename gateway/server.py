@@ -54,6 +54,9 @@ class GatewayOptions:
     prefix_cache: bool = True
     block_size: int = 16
     refresh_s: float = 2.0
+    watch_endpoints: bool = False  # topology groups' replicas from an Endpoints watch, not DNS
+    namespace: str | None = None  # of the watched Endpoints; None: the pod's own
+    kubeconfig: str | None = None  # outside a pod
     drain_s: float = 30.0
 
 
@@ -69,12 +72,19 @@ class Gateway:
             from eaas.mempool import RegistryReader
 
             self.registry = RegistryReader.from_url(opts.redis, deployment=opts.deployment)
+        self.endpoints = None
+        if opts.watch_endpoints:
+            from eaas.gateway.endpoints_watch import ApiAccess, EndpointsWatch, pod_namespace
+
+            self.endpoints = EndpointsWatch(ApiAccess.discover(opts.kubeconfig), opts.namespace or pod_namespace())
         self.backend: RemoteExpertBackend | None = None
         self.service: EngineService | None = None
         self._stopping = asyncio.Event()
 
     # --- replica table --------------------------------------------------------------------------
     async def current_groups(self) -> list:
+        if self.endpoints is not None:  # readiness-aware and immediate: the cluster's own truth
+            return discovery.groups_from_endpoints(self.topology, self.endpoints.table)
         if self.registry is not None:
             groups = discovery.groups_from_registry(await self.registry.replicas(), self.fingerprint)
             if discovery.usable(groups, self.num_experts):
@@ -97,10 +107,21 @@ class Gateway:
                                    f"(have experts {format_expert_ids(have) or 'none'} of 0-{self.num_experts - 1})")
             await asyncio.sleep(0.5)
 
+    async def _next_change(self) -> None:
+        """Until the Endpoints watch saw a change, or refresh_s for the polled sources."""
+        if self.endpoints is None:
+            await asyncio.sleep(self.opts.refresh_s)
+            return
+        try:
+            await asyncio.wait_for(self.endpoints.changed.wait(), self.opts.refresh_s)
+        except asyncio.TimeoutError:
+            pass
+        self.endpoints.changed.clear()
+
     async def _refresh_loop(self, last: list) -> None:
         """`last`: the table the backend already has (no need to verify it again)."""
         while not self._stopping.is_set():
-            await asyncio.sleep(self.opts.refresh_s)
+            await self._next_change()
             try:
                 groups = await self.current_groups()
                 if groups != last and discovery.usable(groups, self.num_experts):
@@ -151,6 +172,7 @@ class Gateway:
 
     async def serve(self) -> None:
         o = self.opts
+        watch = asyncio.create_task(self.endpoints.run()) if self.endpoints is not None else None
         groups = await self._wait_for_table()
         self.service = await asyncio.to_thread(self._build_engine, groups)
         self.service.start()
@@ -185,7 +207,7 @@ class Gateway:
 
             recorder = LoadRecorder.from_url(o.redis, deployment=o.deployment)
             recorder.start()
-        tasks = [asyncio.create_task(self._refresh_loop(groups))]
+        tasks = [asyncio.create_task(self._refresh_loop(groups)), *([watch] if watch else [])]
         if recorder is not None:
             tasks.append(asyncio.create_task(self._load_loop(recorder)))
         loop = asyncio.get_running_loop()
