@@ -15,8 +15,12 @@ The autoscaler then treats max(load now, forecast) as the load (operator/autosca
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
+
+from .autoscale import ScalingPolicy
+
+ASSUMED_STARTUP_S = 60.0  # the operator's horizon: a replica's start-up (not in the spec) + one interval
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,15 @@ def forecast_loads(readings: Sequence[Sequence[tuple[float, float]]], settings: 
         w = settings.affinity_weight
         own = [(1 - w) * o + w * r for o, r in zip(own, routed)]
     return [max(0.0, o + settings.burst_z * f.spread) for o, f in zip(own, fits)]
+
+
+def predictive_policy(policy: ScalingPolicy, horizon_s: float) -> ScalingPolicy:
+    """The forecast carries the burst headroom a long scale-down hold is for: hold only as long as a
+    replacement takes to start (the horizon)."""
+    return replace(policy, scale_down_window=min(policy.scale_down_window, horizon_s))
+
+
+def decision_loads(loads_now: Sequence[float], readings: Sequence[Sequence[tuple[float, float]]],
+                   settings: ForecastSettings, affinity: Sequence[Sequence[float]] | None = None) -> list[float]:
+    """What the autoscaler decides on under the predictive policy: max(load now, forecast), per group."""
+    return [max(now, f) for now, f in zip(loads_now, forecast_loads(readings, settings, affinity))]

@@ -13,7 +13,7 @@ import numpy as np
 
 from eaas.errors import UserError
 from eaas.operator.autoscale import ScalingPolicy
-from eaas.operator.forecast import ForecastSettings
+from eaas.operator.forecast import ForecastSettings, predictive_policy
 from eaas.plan.placement import (contiguous_placement, cohot_placement, group_affinity, group_shares,
                                  groups_hit_per_layer)
 from eaas.plan.policies import PredictivePolicy, ReactivePolicy, StaticPolicy
@@ -111,10 +111,7 @@ def run_plan(scenario: Scenario, policies=POLICIES, progress_factory=None, ample
             horizon = dep.startup_s + scaling.interval_s
             affinity = group_affinity(scenario.popularity.history.mean(axis=0), group_of,
                                       scenario.popularity.cluster_of, scenario.popularity.affinity)
-            # the forecast carries the burst headroom the long scale-down hold is for: hold only as long
-            # as a replacement takes to start (start-up + one interval)
-            held = replace(policy, scale_down_window=min(policy.scale_down_window, horizon))
-            outcomes[name] = replay(PredictivePolicy(held, forecast=ForecastSettings(
+            outcomes[name] = replay(PredictivePolicy(predictive_policy(policy, horizon), forecast=ForecastSettings(
                 horizon_s=horizon, burst_z=scenario.forecast_z), affinity=affinity), static)
         else:
             raise UserError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eaas.operator.autoscale import ScalingPolicy, decide_replicas
-from eaas.operator.forecast import ForecastSettings, forecast_loads
+from eaas.operator.forecast import ForecastSettings, decision_loads
 
 
 @dataclass
@@ -57,4 +57,4 @@ class PredictivePolicy(ReactivePolicy):
             self.readings[g].append((now, load))
             del self.readings[g][:-self.forecast.lookback]
         affinity = None if self.affinity is None else self.affinity.tolist()
-        return np.maximum(loads, np.asarray(forecast_loads(self.readings, self.forecast, affinity)))
+        return np.asarray(decision_loads(loads.tolist(), self.readings, self.forecast, affinity))
