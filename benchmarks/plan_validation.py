@@ -10,7 +10,7 @@ In one run, on this machine:
 3. the simulator replays the same trace on the same deployment (static 2 replicas per group, uniform
    routing) with that profile. Target: simulated within 15% of measured, both figures.
 
-    .venv/bin/python -P benchmarks/plan_validation.py [--seconds 60] [--rate-scale 6] [--seed 1]
+    .venv/bin/python -P benchmarks/plan_validation.py [--seconds 60] [--rate-scale 6] [--seed 1] [--tick-ms 10]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="trace length")
     parser.add_argument("--rate-scale", type=float, default=6.0, help="x BurstGPT's 2 requests/s")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tick-ms", type=float, default=10.0, help="the simulator's time step (steps here: 30-200 ms)")
     args = parser.parse_args()
 
     import numpy as np
@@ -62,7 +63,7 @@ def main() -> int:
                      min_replicas=2, max_replicas=2, startup_s=0.0, prefill_chunk_tokens=2048)
     shares = np.full((int(trace.duration_s) // 60 + 2, 2), 0.5)
     sim = simulate(trace, StaticPolicy(np.array([2, 2])), np.array([2, 2]), shares, dep, Autoscaling(1e9),
-                   profile, slo_itl_s=1.0, duration_s=trace.duration_s + 600)
+                   profile, slo_itl_s=1.0, duration_s=trace.duration_s + 120, tick_s=args.tick_ms / 1e3)
     sim_tput = sim.served_tokens / sim.last_token_s
     rows = (("throughput, tokens/s", measured.throughput(), sim_tput),
             ("p99 inter-token latency, ms", measured.itl_quantile(0.99) * 1e3, sim.itl_p99_s * 1e3),

@@ -182,29 +182,34 @@ def failure_times(faults: Faults, duration: int) -> list[float]:
 
 def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: np.ndarray, dep: Deployment,
              autoscaling: Autoscaling, profile: ServiceProfile, slo_itl_s: float, faults: Faults = Faults(),
-             duration_s: float | None = None, progress=None) -> Outcome:
-    """Replay `trace` under `policy` (an object with decide(now, current, loads) -> desired replicas)."""
-    duration = int(math.ceil(duration_s if duration_s is not None else trace.duration_s + 1))
+             duration_s: float | None = None, progress=None, tick_s: float = 1.0) -> Outcome:
+    """Replay `trace` under `policy` (an object with decide(now, current, loads) -> desired replicas).
+
+    tick_s: the replay's time step; shorter than the steps it models (1 s for multi-layer models whose
+    steps take seconds, ~10 ms to compare with a small model's tens-of-ms steps).
+    """
+    duration = float(math.ceil(duration_s if duration_s is not None else trace.duration_s + 1))
+    ticks = int(math.ceil(duration / tick_s))
     groups = group_shares_by_minute.shape[1]
     pick = np.random.default_rng(faults.seed + 1)
     failures = deque(failure_times(faults, duration))
     replicas = Replicas(initial, dep.startup_s)
     capacity = dep.gateways * dep.max_batch_per_gateway
     pairs_per_token = dep.top_k * dep.moe_layers
-    arrivals = np.searchsorted(trace.arrival_s, np.arange(duration + 1), side="left").tolist()
+    arrivals = np.searchsorted(trace.arrival_s, np.arange(ticks + 1) * tick_s, side="left").tolist()
     prompts, responses = trace.prompt_tokens.tolist(), trace.response_tokens.tolist()
     arrival_s = trace.arrival_s.tolist()
     waiting: deque[int] = deque()
     active: list[float] = []  # finish thresholds on the progress counter
     progress_tokens = 0.0
     ttft = np.full(len(trace), np.nan)
-    n_buckets = duration // LOAD_BUCKET_S + 2
+    n_buckets = int(duration // LOAD_BUCKET_S) + 2
     bucket_tokens = np.zeros(n_buckets)  # tokens (decode + prefill) per window; x share = pairs per group
-    minutes = (duration + 59) // 60
+    minutes = int(math.ceil(duration / 60))
     shares = group_shares_by_minute[np.minimum(np.arange(minutes), len(group_shares_by_minute) - 1)]
     minute_replicas = np.zeros((minutes, groups))
-    tick_step = np.zeros(duration)
-    tick_tokens = np.zeros(duration)
+    tick_step = np.zeros(ticks)
+    tick_tokens = np.zeros(ticks)
     replica_seconds = 0.0
     served = good = 0.0
     failed = 0
@@ -212,11 +217,11 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
     next_decision = autoscaling.interval_s
     next_arrival = 0
     model, model_key = None, None
-    for t in range(duration):
-        now = float(t)
-        minute = t // 60
+    for t in range(ticks):
+        now = t * tick_s
+        minute = min(int(now // 60), minutes - 1)
         replicas.advance(now)
-        while failures and failures[0] < now + 1:
+        while failures and failures[0] < now + tick_s:
             failures.popleft()
             live = replicas.live
             if live.sum() > 0:
@@ -247,13 +252,13 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         step = model.seconds(n / dep.gateways)
         if prefill and math.isfinite(step):  # prompt tokens share the tick's steps (chunked prefill)
             for _ in range(2):
-                step = model.seconds((n + prefill * min(1.0, step)) / dep.gateways)
+                step = model.seconds((n + prefill * min(1.0, step / tick_s)) / dep.gateways)
         for i in admitted:
             ttft[i] = max(0.0, now - arrival_s[i]) + (math.ceil(prompts[i] / dep.prefill_chunk_tokens) + 1) * step
             heapq.heappush(active, progress_tokens + responses[i])
         if math.isfinite(step):
             stalled_s = 0.0
-            end = progress_tokens + 1.0 / step
+            end = progress_tokens + tick_s / step
             tokens = 0.0
             while active and active[0] <= end:
                 tokens += heapq.heappop(active) - progress_tokens
@@ -262,25 +267,25 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
             served += tokens
             if step <= slo_itl_s:
                 good += tokens
-            bucket_tokens[t // LOAD_BUCKET_S] += tokens + prefill
+            bucket_tokens[int(now // LOAD_BUCKET_S)] += tokens + prefill
             tick_step[t] = step
             tick_tokens[t] = tokens
         else:
-            stalled_s += 1.0
+            stalled_s += tick_s
             if stalled_s > faults.request_timeout_s and active:
                 failed += len(active)
                 active.clear()
-        replica_seconds += replicas.total_desired
-        if t % 60 == 59 or t == duration - 1:
-            minute_replicas[minute] = replicas.desired
-            if progress is not None and t % 600 == 599:
-                progress.update(600)
+        replica_seconds += replicas.total_desired * tick_s
+        minute_replicas[minute] = replicas.desired  # the minute's last tick wins
+        if progress is not None and t % 600 == 599:
+            progress.update(600 * tick_s)
     done = ~np.isnan(ttft)
     busy = tick_tokens > 0
     bucket_minute = np.minimum(np.arange(n_buckets) * LOAD_BUCKET_S // 60, minutes - 1)
     window_loads = bucket_tokens[:, None] * shares[bucket_minute] * pairs_per_token
-    minute_tokens = np.bincount(np.arange(duration) // 60, tick_tokens, minutes)
-    minute_step_tokens = np.bincount(np.arange(duration) // 60, tick_tokens * tick_step, minutes)
+    tick_minute = np.minimum((np.arange(ticks) * tick_s // 60).astype(np.int64), minutes - 1)
+    minute_tokens = np.bincount(tick_minute, tick_tokens, minutes)
+    minute_step_tokens = np.bincount(tick_minute, tick_tokens * tick_step, minutes)
     minute_load = np.zeros((minutes, groups))
     np.add.at(minute_load, bucket_minute, window_loads / 60.0)
     return Outcome(
@@ -290,5 +295,6 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         ttft_p99_s=float(np.quantile(ttft[done], 0.99)) if done.any() else 0.0, failed_requests=failed,
         requests=len(trace), minute_replicas=minute_replicas, minute_load=minute_load,
         minute_itl=np.divide(minute_step_tokens, minute_tokens, out=np.zeros(minutes), where=minute_tokens > 0),
-        mean_batch_per_gateway=float(np.mean((tick_tokens * tick_step)[busy]) / dep.gateways) if busy.any() else 0.0,
-        last_token_s=float(np.flatnonzero(busy)[-1] + 1) if busy.any() else 0.0, window_loads=window_loads)
+        mean_batch_per_gateway=float(np.mean((tick_tokens * tick_step)[busy]) / tick_s / dep.gateways)
+        if busy.any() else 0.0,
+        last_token_s=float(np.flatnonzero(busy)[-1] + 1) * tick_s if busy.any() else 0.0, window_loads=window_loads)
