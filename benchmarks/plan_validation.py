@@ -16,6 +16,7 @@ In one run, on this machine:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="trace length")
     parser.add_argument("--rate-scale", type=float, default=6.0, help="x BurstGPT's 2 requests/s")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--save", metavar="FILE", help="write the calibration and measured token times as JSON")
+    parser.add_argument("--measured", metavar="FILE", help="skip eaas up: compare with a --save file instead")
     parser.add_argument("--tick-ms", type=float, default=10.0, help="the simulator's time step (steps here: 30-200 ms)")
     args = parser.parse_args()
 
@@ -38,7 +41,7 @@ def main() -> int:
 
     from eaas.plan.generator import TraceShape, generate_trace
     from eaas.plan.policies import StaticPolicy
-    from eaas.plan.replay import replay
+    from eaas.plan.replay import ReplayResult, replay
     from eaas.plan.service import profile_from_dict
     from eaas.plan.simulator import Autoscaling, Deployment, simulate
 
@@ -46,16 +49,24 @@ def main() -> int:
                                       max_prompt_tokens=32, max_response_tokens=64), seed=args.seed)
     print(f"trace: {len(trace)} requests over {trace.duration_s:.0f} s, {int(trace.response_tokens.sum())} "
           f"response tokens, prompts {int(trace.prompt_tokens.sum())} tokens", flush=True)
-    fleet = up_fleet(profile_model())
-    try:
-        streams, steps, rpcs = step_sweep(fleet, 2, CALIBRATION)
-        for n, s, r in zip(streams, steps, rpcs):
-            print(f"calibration: {n:3.0f} streams  step {s * 1e3:7.2f} ms  Combine RPC {r * 1e3:6.2f} ms", flush=True)
-        started = time.perf_counter()
-        measured = replay(trace, fleet.gateways)
-        print(f"replayed in {time.perf_counter() - started:.1f} s; errors: {len(measured.errors)}", flush=True)
-    finally:
-        fleet.stop()
+    if args.measured:
+        saved = json.loads(Path(args.measured).read_text())
+        streams, steps, rpcs = saved["streams"], saved["steps"], saved["rpcs"]
+        measured = ReplayResult(0.0, saved["token_times"], saved["errors"])
+    else:
+        fleet = up_fleet(profile_model())
+        try:
+            streams, steps, rpcs = step_sweep(fleet, 2, CALIBRATION)
+            started = time.perf_counter()
+            measured = replay(trace, fleet.gateways)
+            print(f"replayed in {time.perf_counter() - started:.1f} s; errors: {len(measured.errors)}", flush=True)
+        finally:
+            fleet.stop()
+        if args.save:
+            Path(args.save).write_text(json.dumps({"streams": streams, "steps": steps, "rpcs": rpcs, "errors":
+                                                   measured.errors, "token_times": measured.token_times}))
+    for n, s, r in zip(streams, steps, rpcs):
+        print(f"calibration: {n:3.0f} streams  step {s * 1e3:7.2f} ms  Combine RPC {r * 1e3:6.2f} ms", flush=True)
     # the simulator's per-RPC batch for N streams here: N x 1 gateway x top-2 x share 1/2 / 1 RPC at a time = N
     profile = profile_from_dict({"name": "this run", "expert_call_s": {"batch": streams, "seconds": rpcs},
                                  "gateway_layer_s": {"batch": streams, "seconds": gateway_layer_seconds(steps, rpcs)}})

@@ -164,11 +164,14 @@ class StepModel:
         self.layers = dep.moe_layers
         self.profile = profile
 
-    def seconds(self, tokens_per_gateway: float) -> float:
+    def seconds(self, sequences_per_gateway: float, tokens_per_gateway: float | None = None) -> float:
+        """The gateway's time follows its sequences (as its curve was measured: streams), the RPCs follow the
+        tokens (a prompt being prefilled is one sequence but all its chunk's tokens go to the experts)."""
         if self.stalled:
             return math.inf
-        n = max(1.0, tokens_per_gateway)
-        return self.layers * (self.profile.gateway_layer.at(n) + self.profile.expert_call.at(max(1.0, n * self.worst)))
+        n = max(1.0, sequences_per_gateway)
+        tokens = n if tokens_per_gateway is None else max(n, tokens_per_gateway)
+        return self.layers * (self.profile.gateway_layer.at(n) + self.profile.expert_call.at(max(1.0, tokens * self.worst)))
 
 
 def failure_times(faults: Faults, duration: int) -> list[float]:
@@ -252,7 +255,7 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         step = model.seconds(n / dep.gateways)
         if prefill and math.isfinite(step):  # prompt tokens share the tick's steps (chunked prefill)
             for _ in range(2):
-                step = model.seconds((n + prefill * min(1.0, step / tick_s)) / dep.gateways)
+                step = model.seconds(n / dep.gateways, (n + prefill * min(1.0, step / tick_s)) / dep.gateways)
         for i in admitted:
             ttft[i] = max(0.0, now - arrival_s[i]) + (math.ceil(prompts[i] / dep.prefill_chunk_tokens) + 1) * step
             heapq.heappush(active, progress_tokens + responses[i])
