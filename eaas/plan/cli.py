@@ -13,8 +13,17 @@ from eaas.errors import UserError
 DEFAULT_SLO_MS = 4000.0
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """States each real default; flags without one (None, off) say what happens instead, in their help."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def configure(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.formatter_class = _DefaultsFormatter
     w = p.add_argument_group("workload")
     w.add_argument("--trace", metavar="FILE", help="BurstGPT CSV (default: a generated BurstGPT-shaped trace)")
     w.add_argument("--hours", type=float, default=24.0, help="length of the generated trace")
