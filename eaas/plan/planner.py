@@ -7,7 +7,7 @@ read from it (its busiest `load_windows` windows) in a replay with every group a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -46,7 +46,6 @@ class PlanResult:
     rpcs_per_step: float
     target_per_replica: float
     ample: Outcome | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def target_per_replica(profile: ServiceProfile, dep: Deployment, slo_itl_s: float, headroom: float = 0.8) -> float:
