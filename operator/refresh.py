@@ -21,6 +21,7 @@ from eaas.topology import format_expert_ids
 from . import load
 from .autoscale import ScalingPolicy, decide_replicas
 from .cluster import ChildObjects
+from .forecast import ASSUMED_STARTUP_S, ForecastSettings, decision_loads, predictive_policy
 from .decisions import group_replicas, redis_recovered, refresh_due
 from .manifests import expert_service_name
 from .spec import MoESpec, SpecError, parse_spec
@@ -103,13 +104,21 @@ class Refresher:
                                min_replicas=moe.min_replicas, max_replicas=moe.max_replicas,
                                scale_up_window=scaling.scale_up_stabilization_seconds,
                                scale_down_window=scaling.scale_down_stabilization_seconds)
+        decide_on = loads
+        if scaling.policy == "predictive":
+            horizon = ASSUMED_STARTUP_S + scaling.interval_seconds
+            readings = load.group_load_readings(client, moe.name, moe.groups, now, scaling.interval_seconds,
+                                                scaling.load_windows, ForecastSettings(horizon).lookback)
+            decide_on = dict(zip([g.name for g in moe.groups], decision_loads(
+                [loads[g.name] for g in moe.groups], readings, ForecastSettings(horizon))))
+            policy = predictive_policy(policy, horizon)
         cluster = {g.name: states[expert_service_name(moe, g)].replicas for g in moe.groups
                    if expert_service_name(moe, g) in states}
         current = group_replicas(moe, {**replicas_from_status(moe, status), **cluster})
         replicas, histories = {}, {}
         for group in moe.groups:
             deployment = expert_service_name(moe, group)
-            decision = decide_replicas(current[group.name], loads[group.name],
+            decision = decide_replicas(current[group.name], decide_on[group.name],
                                        history_from_status(moe, status, group), now, policy)
             histories[group.name] = decision.history
             replicas[group.name] = decision.replicas

@@ -46,6 +46,7 @@ class Autoscaling:
     scale_down_stabilization_seconds: int = 300
     interval_seconds: int = 15
     load_windows: int = 3
+    policy: str = "reactive"  # or "predictive": decide on max(load now, forecast) (operator/forecast.py)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_redis_im
                 scaling.get("scaleDownStabilizationSeconds", defaults.scale_down_stabilization_seconds)),
             interval_seconds=int(scaling.get("intervalSeconds", defaults.interval_seconds)),
             load_windows=int(scaling.get("loadWindows", defaults.load_windows)),
+            policy=str(scaling.get("policy", defaults.policy)),
         ),
     )
     check_spec(parsed)
@@ -158,6 +160,8 @@ def check_spec(spec: MoESpec) -> None:
         raise SpecError("memPool: set either redis.url or managed: true, not both")
     if spec.autoscaling.target_tokens_per_second_per_replica <= 0:
         raise SpecError("autoscaling.targetTokensPerSecondPerReplica must be > 0")
+    if spec.autoscaling.policy not in ("reactive", "predictive"):
+        raise SpecError(f"autoscaling.policy must be reactive or predictive, got {spec.autoscaling.policy!r}")
     longest = f"{spec.name}-experts-{spec.groups[-1].name}"
     if len(longest) > MAX_SERVICE_NAME:
         raise SpecError(f"name too long: service {longest!r} would exceed {MAX_SERVICE_NAME} characters; "
