@@ -25,6 +25,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="weights dtype with --model: float32|bfloat16|float16")
     p.add_argument("--json", action="store_true", help="print one JSON object: token_ids, text, finish_reason, ...")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a gateway (default 120)")
+    p.add_argument("--api-key", help="with --gateway: the gateway's API key (default $EAAS_API_KEY)")
 
 
 def parse_prompt_ids(text: str) -> list[int]:
@@ -84,7 +85,7 @@ def _generate_remote(args) -> dict:
         kwargs["prompt_ids"] = parse_prompt_ids(args.prompt_ids)
     start = time.perf_counter()
     try:
-        with SyncClient([args.gateway], timeout=args.timeout) as client:
+        with SyncClient([args.gateway], timeout=args.timeout, api_key=args.api_key) as client:
             ids, text, reason = [], [], None
             for chunk in client.generate_stream(**kwargs):
                 ids.extend(chunk.token_ids)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eaas.auth import API_KEY_ENV, resolve_api_key
 from eaas.child_lifetime import die_with_parent
 from eaas.errors import UserError
 from eaas.local_ports import choose_ports
@@ -42,6 +43,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="float32|bfloat16|float16")
     p.add_argument("--demo", action="store_true", help="stream one completion through the SDK, then stop")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for health (default 180)")
+    p.add_argument("--api-key", help="the gateways require 'Authorization: Bearer KEY' (default $EAAS_API_KEY); "
+                   "clients read it from --api-key or $EAAS_API_KEY")
 
 
 @dataclass
@@ -141,6 +144,9 @@ def run(args) -> int:
     for flag in ("experts_per_server", "expert_replicas", "gateways"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.api_key is not None:
+        # via the environment, not argv: the key stays out of `ps`; the gateways and the demo client read it
+        os.environ[API_KEY_ENV] = resolve_api_key(args.api_key)
     model = Path(args.model) if args.model else builtin_model()
     num_experts = num_routed_experts(Checkpoint(model).config)
     groups = expert_groups(num_experts, args.experts_per_server)

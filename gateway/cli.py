@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 
+from eaas.auth import resolve_api_key
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED, describe_default
 from eaas.errors import UserError
 
@@ -53,6 +54,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         f"gRPC RESOURCE_EXHAUSTED (default {DEFAULT_MAX_QUEUED})")
     p.add_argument("--no-prefix-cache", action="store_true", help="disable KV prefix caching in the MemPool")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    auth = p.add_argument_group("authentication (health and /metrics stay open)")
+    auth.add_argument("--api-key", help="clients must send 'Authorization: Bearer KEY' (HTTP header or gRPC "
+                      "metadata); default $EAAS_API_KEY, which keeps the key out of the process list")
+    auth.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE (e.g. a mounted Secret)")
 
 
 def run(args) -> int:
@@ -69,7 +74,8 @@ def run(args) -> int:
                           max_batched_tokens=args.max_batched_tokens, micro_batches=args.micro_batches,
                           prefix_cache=not args.no_prefix_cache, watch_endpoints=args.watch_endpoints,
                           namespace=args.namespace, kv_cache_bytes=args.kv_cache_bytes,
-                          max_queued_requests=args.max_queued_requests)
+                          max_queued_requests=args.max_queued_requests,
+                          api_key=resolve_api_key(args.api_key, args.api_key_file))
     if opts.expert_servers:
         from eaas.gateway.discovery import parse_expert_servers
 

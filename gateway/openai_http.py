@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eaas.engine.llm_engine import RequestError
+from eaas.gateway.auth import http_api_key_middleware
 from eaas.gateway.engine_service import EngineService, GenerationFailed, QueueFull, TokenEvent, TokenStream
 from eaas.gateway.openai_protocol import (
     InvalidRequest,
@@ -39,6 +40,7 @@ from eaas.gateway.openai_protocol import (
 )
 
 log = logging.getLogger("eaas.gateway.http")
+MAX_BODY_BYTES = 4 << 20  # a larger body is refused with 413: room for a 128k-token prompt as an id list
 
 
 class ModelNotFound(LookupError):
@@ -63,9 +65,11 @@ COMPLETIONS = Endpoint("cmpl", "text_completion", completion_body, completion_ch
 CHAT = Endpoint("chatcmpl", "chat.completion.chunk", chat_body, chat_chunk, lambda h: [chat_role_chunk(h)])
 
 
-def build_http_app(service: EngineService, model_name: str) -> web.Application:
+def build_http_app(service: EngineService, model_name: str, api_key: str | None = None) -> web.Application:
+    """api_key: every route but /health and /metrics needs `Authorization: Bearer <api_key>`."""
     api = OpenAIHandlers(service, model_name)
-    app = web.Application(middlewares=[openai_errors])
+    auth = [http_api_key_middleware(api_key)] if api_key else []
+    app = web.Application(middlewares=[*auth, openai_errors], client_max_size=MAX_BODY_BYTES)
     app.add_routes([
         web.get("/v1/models", api.models),
         web.post("/v1/completions", api.completions),

@@ -190,9 +190,15 @@ def _optional_number(body: dict, name: str, default: float) -> float:
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest(f"{name} must be a finite number", name)
-    return float(value)
+    try:
+        number = float(value)  # an integer of 400 digits overflows a float (found by fuzzing)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidRequest(f"{name} must be a finite number", name)
+    return number
 
 
 # --- stop strings -------------------------------------------------------------------------------------

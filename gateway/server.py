@@ -20,6 +20,7 @@ from eaas.engine.factory import engine_with_backend, load_tokenizer
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.gateway import discovery
+from eaas.gateway.auth import grpc_interceptors
 from eaas.gateway.engine_service import EngineService
 from eaas.gateway.grpc_api import GatewayServicer
 from eaas.gateway.remote_backend import RemoteExpertBackend
@@ -61,6 +62,7 @@ class GatewayOptions:
     namespace: str | None = None  # of the watched Endpoints; None: the pod's own
     kubeconfig: str | None = None  # outside a pod
     drain_s: float = 30.0
+    api_key: str | None = None  # every RPC/route but health and /metrics needs it (Bearer)
 
 
 class Gateway:
@@ -186,7 +188,8 @@ class Gateway:
         self.service = await asyncio.to_thread(self._build_engine, groups)
         self.service.start()
 
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
+        server = grpc.aio.server(interceptors=grpc_interceptors(o.api_key),
+                                 options=[("grpc.max_receive_message_length", 16 << 20)])
         gateway_pb2_grpc.add_GatewayServicer_to_server(self.grpc_servicer(), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -198,7 +201,7 @@ class Gateway:
 
         from eaas.gateway.openai_http import build_http_app
 
-        runner = web.AppRunner(build_http_app(self.service, self.model_name))
+        runner = web.AppRunner(build_http_app(self.service, self.model_name, o.api_key))
         await runner.setup()
         site = web.TCPSite(runner, o.host, o.http_port)
         await site.start()

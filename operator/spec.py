@@ -99,6 +99,16 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_redis_im
                ) -> MoESpec:
     """Typed spec with defaults applied; raises SpecError for rules the CRD schema cannot express.
     `default_redis_image`: the operator's --redis-image, for a managed Redis the spec names no image of."""
+    try:
+        parsed = _typed_spec(name, namespace, spec, default_redis_image)
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        # an object the CRD schema did not check (an older CRD, a hand-edited object): one clear error
+        raise SpecError(f"malformed spec: {exc}") from None
+    check_spec(parsed)
+    return parsed
+
+
+def _typed_spec(name: str, namespace: str, spec: dict[str, Any], default_redis_image: str) -> MoESpec:
     model = spec.get("model") or {}
     experts = spec.get("experts") or {}
     gateway = spec.get("gateway") or {}
@@ -135,7 +145,6 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_redis_im
             policy=str(scaling.get("policy", defaults.policy)),
         ),
     )
-    check_spec(parsed)
     return parsed
 
 
@@ -154,11 +163,18 @@ def check_spec(spec: MoESpec) -> None:
                               ("experts.expertsPerReplica", spec.experts_per_replica)) if not v]
     if missing:
         raise SpecError(f"missing required fields: {', '.join(missing)}")
+    for what, value, top in (("model.numExperts", spec.num_experts, 4096), ("model.numLayers", spec.num_layers, 1024),
+                             ("experts.expertsPerReplica", spec.experts_per_replica, 4096),
+                             ("gateway.replicas", spec.gateway_replicas, 100),
+                             ("experts.minReplicas", spec.min_replicas, 1000),
+                             ("experts.maxReplicas", spec.max_replicas, 1000)):
+        if not 1 <= value <= top:  # the CRD's ranges, for objects it did not check: no unbounded loops
+            raise SpecError(f"{what} must be in 1..{top}, got {value}")
     if spec.min_replicas > spec.max_replicas:
         raise SpecError(f"experts.minReplicas ({spec.min_replicas}) exceeds experts.maxReplicas ({spec.max_replicas})")
     if spec.redis_managed and spec.redis_external_url:
         raise SpecError("memPool: set either redis.url or managed: true, not both")
-    if spec.autoscaling.target_tokens_per_second_per_replica <= 0:
+    if not spec.autoscaling.target_tokens_per_second_per_replica > 0:  # NaN too
         raise SpecError("autoscaling.targetTokensPerSecondPerReplica must be > 0")
     if spec.autoscaling.policy not in ("reactive", "predictive"):
         raise SpecError(f"autoscaling.policy must be reactive or predictive, got {spec.autoscaling.policy!r}")

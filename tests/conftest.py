@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 from servers import RedisServer
 
 
@@ -20,3 +23,14 @@ def redis_server_session():
     server.start()
     yield server
     server.close()
+
+
+# Property-based fuzzing (hypothesis): a bounded CI profile; EAAS_FUZZ_PROFILE=long for local hunting.
+
+settings.register_profile("ci", max_examples=1000, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile("long", max_examples=50_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("EAAS_FUZZ_PROFILE", "ci"))

@@ -7,13 +7,17 @@ from typing import AsyncIterator
 
 import grpc
 
-from eaas.client.common import Chunk, Completion, ResumableStream, build_request, normalize_addresses
+from eaas.client.common import (Chunk, Completion, ResumableStream, auth_metadata, build_request,
+                               normalize_addresses)
 from eaas.protos import gateway_pb2, gateway_pb2_grpc
 
 
 class AsyncClient:
-    def __init__(self, addresses, timeout: float = 60.0, retries: int = 4, backoff_s: float = 0.2):
+    def __init__(self, addresses, timeout: float = 60.0, retries: int = 4, backoff_s: float = 0.2,
+                 api_key: str | None = None):
+        """api_key: sent as `authorization: Bearer <key>` metadata; default $EAAS_API_KEY."""
         self.addresses = normalize_addresses(addresses)
+        self._metadata = auth_metadata(api_key)
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
@@ -27,7 +31,7 @@ class AsyncClient:
         while True:
             address, attempt, remaining = stream.next_attempt()
             try:
-                async for msg in self._stubs[address].Generate(attempt, timeout=remaining):
+                async for msg in self._stubs[address].Generate(attempt, timeout=remaining, metadata=self._metadata):
                     chunk = stream.got(msg)
                     yield chunk
                     if chunk.finish_reason:
@@ -45,7 +49,7 @@ class AsyncClient:
 
     async def info(self, timeout: float = 5.0) -> gateway_pb2.GatewayInfo:
         return await self._stubs[self.addresses[self._next % len(self.addresses)]].Info(
-            gateway_pb2.GatewayInfoRequest(), timeout=timeout)
+            gateway_pb2.GatewayInfoRequest(), timeout=timeout, metadata=self._metadata)
 
     async def close(self) -> None:
         for c in self._channels.values():

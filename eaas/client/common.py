@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import grpc
 
+from eaas.auth import API_KEY_ENV, bearer
 from eaas.protos import gateway_pb2
 
 # UNAVAILABLE: the gateway is gone or has no replica for an expert; a stream cut by a dying gateway
@@ -110,6 +112,12 @@ def resumed_request(req: gateway_pb2.GenerateRequest, received: list[int]) -> ga
 
 def to_chunk(msg: gateway_pb2.GenerateResponse) -> Chunk:
     return Chunk(list(msg.token_ids), msg.text, msg.index, msg.finish_reason or None)
+
+
+def auth_metadata(api_key: str | None) -> tuple | None:
+    """gRPC call metadata carrying the API key (argument, else $EAAS_API_KEY); None without a key."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return (("authorization", bearer(key)),) if key else None
 
 
 def normalize_addresses(addresses) -> list[str]:

@@ -7,15 +7,19 @@ from typing import Iterator
 
 import grpc
 
-from eaas.client.common import Chunk, Completion, ResumableStream, build_request, normalize_addresses
+from eaas.client.common import (Chunk, Completion, ResumableStream, auth_metadata, build_request,
+                               normalize_addresses)
 from eaas.protos import gateway_pb2, gateway_pb2_grpc
 
 
 class SyncClient:
     """SyncClient(["host:50050", "host2:50050"], timeout=60).generate(prompt_ids=[1, 2], max_tokens=8)."""
 
-    def __init__(self, addresses, timeout: float = 60.0, retries: int = 4, backoff_s: float = 0.2):
+    def __init__(self, addresses, timeout: float = 60.0, retries: int = 4, backoff_s: float = 0.2,
+                 api_key: str | None = None):
+        """api_key: sent as `authorization: Bearer <key>` metadata; default $EAAS_API_KEY."""
         self.addresses = normalize_addresses(addresses)
+        self._metadata = auth_metadata(api_key)
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
@@ -30,7 +34,7 @@ class SyncClient:
         while True:
             address, attempt, remaining = stream.next_attempt()
             try:
-                for msg in self._stubs[address].Generate(attempt, timeout=remaining):
+                for msg in self._stubs[address].Generate(attempt, timeout=remaining, metadata=self._metadata):
                     chunk = stream.got(msg)
                     yield chunk
                     if chunk.finish_reason:
@@ -48,7 +52,7 @@ class SyncClient:
 
     def info(self, timeout: float = 5.0) -> gateway_pb2.GatewayInfo:
         return self._stubs[self.addresses[self._next % len(self.addresses)]].Info(
-            gateway_pb2.GatewayInfoRequest(), timeout=timeout)
+            gateway_pb2.GatewayInfoRequest(), timeout=timeout, metadata=self._metadata)
 
     def close(self) -> None:
         for c in self._channels.values():

@@ -52,9 +52,9 @@ def model_name() -> str:
 
 
 @contextlib.asynccontextmanager
-async def serving(service: EngineService, handler_cancellation: bool = False):
+async def serving(service: EngineService, handler_cancellation: bool = False, api_key: str | None = None):
     """A client of the app on a free port of 127.0.0.1, served like the gateway serves it (web.AppRunner)."""
-    runner = web.AppRunner(build_http_app(service, SERVED_MODEL), handler_cancellation=handler_cancellation)
+    runner = web.AppRunner(build_http_app(service, SERVED_MODEL, api_key), handler_cancellation=handler_cancellation)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port = runner.addresses[0][1]
