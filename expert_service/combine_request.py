@@ -68,6 +68,8 @@ def decode_combine(req: expert_pb2.CombineRequest, served: ServedExperts) -> Com
         raise WireError(f"expert_ids: shape {list(ids.shape)} is not [{tokens}, k] with 1 <= k <= {MAX_TOP_K}")
     if weights.shape != ids.shape:
         raise WireError(f"weights: shape {list(weights.shape)} differs from expert_ids {list(ids.shape)}")
+    if not bool(torch.isfinite(weights).all()):  # routing weights are probabilities (found by fuzzing: NaN passed)
+        raise WireError("weights: NaN or infinite routing weights")
     if tokens and not bool(served.accepts_id[(ids.clamp(-2, served.num_experts) + 2).long()].all()):
         foreign = sorted(set(torch.unique(ids).tolist()) - served.expert_ids - {-1})
         out_of_range = [e for e in foreign if not 0 <= e < served.num_experts]

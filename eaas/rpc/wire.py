@@ -17,6 +17,7 @@ DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 NAME_BY_DTYPE = {v: k for k, v in DTYPE_BY_NAME.items()}
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 MAX_MESSAGE_BYTES = 64 << 20        # largest CombineRequest a server serves (e.g. 8192 tokens x 2048 hidden x fp32)
+MAX_RANK, MAX_ELEMENTS = 8, 1 << 40  # bounds on a shape a peer may send
 TRANSPORT_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES  # gRPC's own limit on both ends: above ours, so ours answers first
 
 if sys.byteorder != "little":  # the wire is little-endian; torch.frombuffer reads native order
@@ -31,7 +32,8 @@ def encode_tensor(t: torch.Tensor) -> expert_pb2.Tensor:
     t = t.detach().contiguous()
     if t.device.type != "cpu":
         t = t.cpu()
-    data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    # reshape(-1): a 0-dim tensor cannot be viewed as bytes (found by fuzzing)
+    data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
     return expert_pb2.Tensor(data=data, dtype=NAME_BY_DTYPE[t.dtype], shape=list(t.shape))
 
 
@@ -43,6 +45,10 @@ def decode_tensor(msg: expert_pb2.Tensor, what: str, allowed: tuple[str, ...]) -
     shape = tuple(msg.shape)
     if any(n < 0 for n in shape):
         raise WireError(f"{what}: negative dimension in shape {list(shape)}")
+    # torch's stride arithmetic overflows (RuntimeError) on huge dims even when one is 0 (found by fuzzing)
+    if len(shape) > MAX_RANK or math.prod(max(n, 1) for n in shape) > MAX_ELEMENTS:
+        raise WireError(f"{what}: shape {list(shape)} is too large (rank <= {MAX_RANK}, "
+                        f"<= {MAX_ELEMENTS} elements ignoring zero dimensions)")
     itemsize = torch.empty((), dtype=dtype).element_size()
     expected = math.prod(shape) * itemsize
     if len(msg.data) != expected:
