@@ -116,7 +116,8 @@ def reconcile(name: str, namespace: str, spec: kopf.Spec, status: kopf.Status, m
         patch.status.update(readiness)
         patch.status["groups"] = state.groups
         patch.status["observedGeneration"] = meta.get("generation")
-        patch.status["redisUrl"] = moe.redis_url or ""
+        # None removes the field: kube-apiserver 1.20 rejects "" in a status merge patch as "null"
+        patch.status["redisUrl"] = moe.redis_url
     if change.waiting:  # kopf calls reconcile again; the old groups go once the gateways have moved
         raise kopf.TemporaryError(change.waiting, delay=RESHAPE_POLL_SECONDS)
     message = f"applied {len(manifests)} objects: {len(moe.groups)} expert groups of " \

@@ -231,6 +231,23 @@ def test_spec_the_schema_cannot_judge_is_reported_degraded_and_builds_nothing(ap
     api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "inverted")
 
 
+def test_moedeployment_without_redis_is_reconciled(api, operator):
+    """No memPool at all: status must still be written (1.20 refused redisUrl "" as null, so it never was)."""
+    body = moedeployment()
+    body["metadata"]["name"] = "plain"
+    del body["spec"]["memPool"]
+    body["spec"]["autoscaling"] = {"enabled": False}
+    created = api["custom"].create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+
+    def reconciled():
+        cr = api["custom"].get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "plain")
+        return cr.get("status", {}).get("observedGeneration") == created["metadata"]["generation"] and cr
+    cr = wait_for(reconciled, "'plain' reconciled", operator)
+    assert "redisUrl" not in cr["status"]
+    assert "--redis" not in command_of(api, "plain-gateway")
+    api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "plain")
+
+
 def test_moedeployment_becomes_owned_children(control_plane, api, operator):
     cr = apply_spec(api, operator, moedeployment(experts_per_replica=4))
     uid = cr["metadata"]["uid"]
