@@ -99,7 +99,9 @@ class Gateway:
         return []
 
     async def _wait_for_table(self, timeout_s: float = 120.0) -> list:
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        # In a cluster, a gateway without every expert is simply not Ready yet (its ports stay closed and the
+        # startup probe waits): new expert groups may still be loading, so wait for them instead of exiting.
+        deadline = asyncio.get_running_loop().time() + (float("inf") if self.endpoints is not None else timeout_s)
         while True:
             groups = await self.current_groups()
             if discovery.usable(groups, self.num_experts):
