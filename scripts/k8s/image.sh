@@ -10,6 +10,7 @@ IMAGE_INPUTS="Dockerfile pyproject.toml README.md eaas gateway expert_service op
 BASE_PACKAGES="python3,python3-pip,passwd,ca-certificates"
 REDIS_PACKAGES="redis-server"
 DEBIAN_SUITE=bookworm
+IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 buildah_() { buildah --root "$BUILDAH_ROOT/storage" --runroot "$RUN_DIR/buildah" "$@"; }
 
@@ -94,10 +95,10 @@ build_images() {
     local base_tar redis_tar wheels base_name redis_name key name
     base_tar=$(debian_rootfs "$BASE_PACKAGES")
     redis_tar=$(debian_rootfs "$REDIS_PACKAGES")
-    base_name="localhost/eaas-base:$(basename "$base_tar" .tar | sed 's/rootfs-//')"
-    redis_name="localhost/eaas-redis:$(basename "$redis_tar" .tar | sed 's/rootfs-//')"
-    image_from_rootfs "$base_name" "$base_tar" --env PATH=/usr/local/bin:/usr/bin:/bin --cmd python3
-    image_from_rootfs "$redis_name" "$redis_tar" --env PATH=/usr/local/bin:/usr/bin:/bin --cmd redis-server
+    base_name="localhost/eaas-base:$(echo "$base_tar $IMAGE_PATH" | content_key)"
+    redis_name="localhost/eaas-redis:$(echo "$redis_tar $IMAGE_PATH" | content_key)"
+    image_from_rootfs "$base_name" "$base_tar" --env PATH="$IMAGE_PATH" --cmd python3
+    image_from_rootfs "$redis_name" "$redis_tar" --env PATH="$IMAGE_PATH" --cmd redis-server
     wheels=$(download_wheels)
     key=$( (echo "$base_name $wheels"; tree_key $IMAGE_INPUTS) | content_key)
     name="localhost/eaas:$key"
