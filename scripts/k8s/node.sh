@@ -26,6 +26,12 @@ wait_for() {  # SECONDS DESCRIPTION CMD...: polls CMD until it succeeds
     done
 }
 
+daemons_alive() {  # every daemon `up` started still runs (one that died at start is a failed `up`)
+    local file dead=""
+    for file in "$RUN_DIR"/pids/*; do [ -d "/proc/$(cat "$file")" ] || dead="$dead $(basename "$file")"; done
+    [ -z "$dead" ] || { log "died:$dead (logs in $RUN_DIR/logs)"; return 1; }
+}
+services_programmed() { iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q "$SERVICE_IP/32"; }
 api_ready() { curl -sf --cacert "$RUN_DIR/pki/ca.crt" -H "Authorization: Bearer $(cat "$RUN_DIR/pki/admin.token")" \
     "https://$NODE_IP:$API_PORT/readyz" | grep -qx ok; }
 node_ready() { kubectl_ get node "$NODE_NAME" \
@@ -68,6 +74,7 @@ start_control_plane() {
         --client-ca-file="$RUN_DIR/pki/ca.crt" --token-auth-file="$RUN_DIR/pki/tokens.csv" \
         --kubelet-client-certificate="$RUN_DIR/pki/kubelet-client.crt" \
         --kubelet-client-key="$RUN_DIR/pki/kubelet-client.key" \
+        --kubelet-preferred-address-types=InternalIP \
         --authorization-mode=Node,RBAC --allow-privileged=true \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$RUN_DIR/pki/sa.pub" \
@@ -99,13 +106,15 @@ start_node() {
         --proxy-mode=iptables --bind-address="$NODE_IP" --cluster-cidr="$POD_CIDR" \
         --hostname-override="$NODE_NAME" --iptables-min-sync-period=100ms --conntrack-max-per-core=0 \
         --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0 \
-        --healthz-port=0 --metrics-port=0
+        --healthz-bind-address="$NODE_IP:10256" --metrics-bind-address="$NODE_IP:10249"
     start_daemon cluster-dns python3 "$SCRIPTS/cluster_dns.py" "$NODE_IP" "$RUN_DIR/pki/kube-proxy.token" \
         "https://$NODE_IP:$API_PORT" "$RUN_DIR/pki/ca.crt"
 }
 
 up() {
-    if [ -f "$RUN_DIR/pids/kube-apiserver" ] && api_ready; then
+    if [ -f "$RUN_DIR/pids/kube-apiserver" ] && daemons_alive; then
+        # Running: a loaded machine may answer slowly, which is no reason to restart the cluster.
+        wait_for 120 kube-apiserver api_ready
         log "already running in $RUN_DIR"
         print_env
         return 0
@@ -125,6 +134,8 @@ up() {
     start_node
     wait_for 120 "node Ready" node_ready
     wait_for 60 "default service account" default_sa
+    wait_for 60 "kube-proxy to program Services" services_programmed
+    daemons_alive
     log "cluster up in $((SECONDS - started)) s (run folder $RUN_DIR)"
     print_env
 }

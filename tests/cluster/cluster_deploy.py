@@ -16,6 +16,11 @@ def record(name: str, value: str) -> None:
     print(f"{name}: {value}", flush=True)
 
 
+# Limits set OMP_NUM_THREADS to 1 per pod; requests stay small so 2x2 experts, 2 gateways, a surge and a
+# scale-up all fit on a 2-CPU node (a request defaults to the limit otherwise).
+RESOURCES = {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
+
+
 def moedeployment_manifest(image: str, redis_image: str, model_uri: str, experts_per_replica: int = 4,
                            target: float = 1e6) -> dict:
     return {
@@ -23,9 +28,9 @@ def moedeployment_manifest(image: str, redis_image: str, model_uri: str, experts
         "spec": {
             "image": image, "imagePullPolicy": "Never",
             "model": {"uri": model_uri, "numExperts": 8, "numLayers": 3},
-            "gateway": {"replicas": 2, "resources": {"limits": {"cpu": "1", "memory": "2Gi"}}},
+            "gateway": {"replicas": 2, "resources": RESOURCES},
             "experts": {"expertsPerReplica": experts_per_replica, "minReplicas": 2, "maxReplicas": 3,
-                        "resources": {"limits": {"cpu": "1", "memory": "2Gi"}}},
+                        "resources": RESOURCES},
             "memPool": {"managed": True, "redisImage": redis_image},
             "autoscaling": {"enabled": True, "targetTokensPerSecondPerReplica": target,
                             "scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 10,
