@@ -8,6 +8,7 @@ NAMESPACE = "eaas-cluster"
 NAME = "tiny"
 RELEASE = "eaas"
 MODEL_CLAIM = "models"
+PV_NAME = f"{NAMESPACE}-models"
 TIMINGS: dict[str, str] = {}  # printed at the end of the session: the figures the README quotes
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_deploy import MODEL_CLAIM, NAME, NAMESPACE, RELEASE, TIMINGS, diagnose, moed_ready, moedeployment_manifest, record
+from cluster_deploy import MODEL_CLAIM, NAME, NAMESPACE, PV_NAME, RELEASE, TIMINGS, diagnose, moed_ready, moedeployment_manifest, record
 from cluster_kube import REPO, RUN_DIR, TESTBED, Cluster, testbed, wait_for
 from cluster_load import Reference, gateway_address
 
@@ -72,18 +72,37 @@ def images(cluster):
     return env["EAAS_IMAGE"], env["EAAS_REDIS_IMAGE"]
 
 
+def remove_namespace(cluster: Cluster) -> None:
+    """Deletes what an earlier session left, in the order that cannot hang: MoEDeployments while the
+    operator may still run (their finalizers dropped if it does not), the namespace, its pods, the PV."""
+    if not cluster.kubectl("get", "namespace", NAMESPACE, "--ignore-not-found", "-o", "name"):
+        cluster.kubectl("delete", "pv", PV_NAME, "--ignore-not-found", "--wait=false")
+        return
+    for moed in cluster.kubectl("-n", NAMESPACE, "get", "moed", "-o", "name", check=False).split():
+        cluster.kubectl("-n", NAMESPACE, "delete", moed, "--wait=false", check=False)
+        cluster.kubectl("-n", NAMESPACE, "patch", moed, "--type", "merge", "-p", '{"metadata":{"finalizers":null}}',
+                        check=False)
+    cluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE, check=False, timeout=120)
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+    # kubelet 1.20.2 keeps deleted pods Terminating for a while: force them so the namespace can go.
+    cluster.kubectl("-n", NAMESPACE, "delete", "pods", "--all", "--grace-period=0", "--force", check=False)
+    wait_for(lambda: not cluster.kubectl("get", "namespace", NAMESPACE, "--ignore-not-found", "-o", "name"),
+             f"namespace {NAMESPACE} to be deleted", timeout=300, interval=1.0)
+    cluster.kubectl("delete", "pv", PV_NAME, "--ignore-not-found", "--wait=false")
+
+
 @pytest.fixture(scope="session")
 def release(cluster, images):
     """The chart, installed as a user installs it; the operator runs as a pod from the image."""
     repository, tag = images[0].rsplit(":", 1)
-    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    remove_namespace(cluster)
+    cluster.kubectl("create", "namespace", NAMESPACE)
     cluster.helm("install", RELEASE, str(REPO / "charts/eaas"), "--namespace", NAMESPACE,
                  "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
                  "--set", "image.pullPolicy=Never", "--set", "operator.verbose=true",
                  "--wait", "--timeout", "5m", timeout=400)
     yield RELEASE
-    cluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE, check=False, timeout=120)
-    cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+    remove_namespace(cluster)
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +126,7 @@ def reference(model_dir):
 @pytest.fixture(scope="session")
 def model_volume(cluster, release, model_dir):
     """A hostPath PersistentVolume and a claim the MoEDeployment mounts read-only (pvc://models/...)."""
-    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NAMESPACE}-models"},
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": PV_NAME},
           "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
                    "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "eaas-models",
                    "hostPath": {"path": str(model_dir.parent), "type": "Directory"}}}
