@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from eaas.engine.factory import engine_with_backend, load_tokenizer
+from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.gateway import discovery
 from eaas.gateway.engine_service import EngineService
@@ -53,7 +54,12 @@ class GatewayOptions:
     micro_batches: int = 2
     prefix_cache: bool = True
     block_size: int = 16
+    kv_cache_bytes: int | None = None   # None: kv_budget.py's default share of memory
+    max_queued_requests: int = DEFAULT_MAX_QUEUED
     refresh_s: float = 2.0
+    watch_endpoints: bool = False  # topology groups' replicas from an Endpoints watch, not DNS
+    namespace: str | None = None  # of the watched Endpoints; None: the pod's own
+    kubeconfig: str | None = None  # outside a pod
     drain_s: float = 30.0
 
 
@@ -69,12 +75,19 @@ class Gateway:
             from eaas.mempool import RegistryReader
 
             self.registry = RegistryReader.from_url(opts.redis, deployment=opts.deployment)
+        self.endpoints = None
+        if opts.watch_endpoints:
+            from eaas.gateway.endpoints_watch import ApiAccess, EndpointsWatch, pod_namespace
+
+            self.endpoints = EndpointsWatch(ApiAccess.discover(opts.kubeconfig), opts.namespace or pod_namespace())
         self.backend: RemoteExpertBackend | None = None
         self.service: EngineService | None = None
         self._stopping = asyncio.Event()
 
     # --- replica table --------------------------------------------------------------------------
     async def current_groups(self) -> list:
+        if self.endpoints is not None:  # readiness-aware and immediate: the cluster's own truth
+            return discovery.groups_from_endpoints(self.topology, self.endpoints.table)
         if self.registry is not None:
             groups = discovery.groups_from_registry(await self.registry.replicas(), self.fingerprint)
             if discovery.usable(groups, self.num_experts):
@@ -97,10 +110,21 @@ class Gateway:
                                    f"(have experts {format_expert_ids(have) or 'none'} of 0-{self.num_experts - 1})")
             await asyncio.sleep(0.5)
 
+    async def _next_change(self) -> None:
+        """Until the Endpoints watch saw a change, or refresh_s for the polled sources."""
+        if self.endpoints is None:
+            await asyncio.sleep(self.opts.refresh_s)
+            return
+        try:
+            await asyncio.wait_for(self.endpoints.changed.wait(), self.opts.refresh_s)
+        except asyncio.TimeoutError:
+            pass
+        self.endpoints.changed.clear()
+
     async def _refresh_loop(self, last: list) -> None:
         """`last`: the table the backend already has (no need to verify it again)."""
         while not self._stopping.is_set():
-            await asyncio.sleep(self.opts.refresh_s)
+            await self._next_change()
             try:
                 groups = await self.current_groups()
                 if groups != last and discovery.usable(groups, self.num_experts):
@@ -127,23 +151,29 @@ class Gateway:
         self.backend = RemoteExpertBackend(groups, fingerprint=self.fingerprint, layers=self.ckpt.moe_layers())
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
-                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches)
+                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches,
+                                     o.kv_cache_bytes, o.block_size)
+        log.info("KV cache: %d blocks of %d tokens, %.2f GiB preallocated", engine.blocks.num_blocks,
+                 engine.block_size, engine.kv.nbytes / 2**30)
         kv_pool = None
         if o.prefix_cache:
             from eaas.mempool import SyncKVPool
 
             kv_pool = SyncKVPool.from_url(o.redis, deployment=o.deployment, fingerprint=self.fingerprint,
                                           block_size=o.block_size)
-        return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool)
+        return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool,
+                             max_queued_requests=o.max_queued_requests)
 
     def gateway_info(self) -> gateway_pb2.GatewayInfo:
-        groups = [f"{g.name}={format_expert_ids(g.expert_ids)}" for g in self.backend_groups()]
+        """Built per Info call: expert_groups follows the live replica table."""
+        live = self.backend.groups() if self.backend else []
+        groups = [f"{g.name}={format_expert_ids(g.expert_ids)}" for g in live]
         return gateway_pb2.GatewayInfo(model_name=self.model_name, model_fingerprint=self.fingerprint,
                                        model_type=self.ckpt.family.model_type, num_experts=self.num_experts,
                                        expert_groups=groups)
 
-    def backend_groups(self):
-        return [g.spec for g in self.backend._groups] if self.backend else []
+    def grpc_servicer(self) -> GatewayServicer:
+        return GatewayServicer(self.service, self.model_name, self.gateway_info)
 
     @property
     def model_name(self) -> str:
@@ -151,13 +181,13 @@ class Gateway:
 
     async def serve(self) -> None:
         o = self.opts
+        watch = asyncio.create_task(self.endpoints.run()) if self.endpoints is not None else None
         groups = await self._wait_for_table()
         self.service = await asyncio.to_thread(self._build_engine, groups)
         self.service.start()
 
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
-        gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(self.service, self.model_name, self.gateway_info()), server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(self.grpc_servicer(), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([GATEWAY_SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
@@ -185,7 +215,7 @@ class Gateway:
 
             recorder = LoadRecorder.from_url(o.redis, deployment=o.deployment)
             recorder.start()
-        tasks = [asyncio.create_task(self._refresh_loop(groups))]
+        tasks = [asyncio.create_task(self._refresh_loop(groups)), *([watch] if watch else [])]
         if recorder is not None:
             tasks.append(asyncio.create_task(self._load_loop(recorder)))
         loop = asyncio.get_running_loop()

@@ -6,12 +6,15 @@ say, removing fields a previous spec set, without read-modify-write races.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import kubernetes
 from kubernetes.dynamic import DynamicClient
 
-from .manifests import MANAGED_BY, ClusterFeatures, cluster_features
+from .features import ClusterFeatures, cluster_features
+from .manifests import MANAGED_BY
+from .spec import GROUP, PLURAL, VERSION
 from .status import DeploymentState
 
 FIELD_MANAGER = "eaas-operator"
@@ -85,6 +88,25 @@ class ChildObjects:
                                          field_manager=AUTOSCALER_MANAGER)
 
 
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        kubernetes.client.CustomObjectsApi(self.api_client).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+    def post_event(self, body: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
+        """An Event about the MoEDeployment (what kopf.event does, for code outside kopf's handlers)."""
+        meta = body["metadata"]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        event = kubernetes.client.CoreV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=kubernetes.client.V1ObjectReference(
+                api_version=body["apiVersion"], kind=body["kind"], name=meta["name"], namespace=meta["namespace"],
+                uid=meta["uid"]),
+            reason=reason, message=message[:1024], type=type_, first_timestamp=now, last_timestamp=now, count=1,
+            source=kubernetes.client.V1EventSource(component=FIELD_MANAGER))
+        kubernetes.client.CoreV1Api(self.api_client).create_namespaced_event(meta["namespace"], event)
+
+
 def prunable_kinds(features: ClusterFeatures) -> list[tuple[str, str]]:
     return [("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"),
-            (features.pdb_api_version, "PodDisruptionBudget")]
+            (features.pdb_api_version, "PodDisruptionBudget"), ("v1", "ServiceAccount"),
+            ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding")]

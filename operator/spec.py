@@ -94,8 +94,10 @@ def _placement(raw: dict[str, Any]) -> PodPlacement:
     )
 
 
-def parse_spec(name: str, namespace: str, spec: dict[str, Any]) -> MoESpec:
-    """Typed spec with defaults applied; raises SpecError for rules the CRD schema cannot express."""
+def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_redis_image: str = DEFAULT_REDIS_IMAGE
+               ) -> MoESpec:
+    """Typed spec with defaults applied; raises SpecError for rules the CRD schema cannot express.
+    `default_redis_image`: the operator's --redis-image, for a managed Redis the spec names no image of."""
     model = spec.get("model") or {}
     experts = spec.get("experts") or {}
     gateway = spec.get("gateway") or {}
@@ -118,7 +120,7 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any]) -> MoESpec:
         experts=_placement(experts),
         redis_managed=bool(mempool.get("managed", False)),
         redis_external_url=(mempool.get("redis") or {}).get("url"),
-        redis_image=str(mempool.get("redisImage", DEFAULT_REDIS_IMAGE)),
+        redis_image=str(mempool.get("redisImage") or default_redis_image),
         autoscaling=Autoscaling(
             enabled=bool(scaling.get("enabled", defaults.enabled)),
             target_tokens_per_second_per_replica=float(
@@ -133,6 +135,14 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any]) -> MoESpec:
     )
     check_spec(parsed)
     return parsed
+
+
+def redis_url_of(name: str, namespace: str, spec: dict[str, Any]) -> str | None:
+    """The Redis the pods use, also for a spec the operator rejected (its keys still need deleting)."""
+    try:
+        return parse_spec(name, namespace, spec).redis_url
+    except SpecError:
+        return ((spec.get("memPool") or {}).get("redis") or {}).get("url")
 
 
 def check_spec(spec: MoESpec) -> None:

@@ -12,16 +12,18 @@ import asyncio
 import logging
 import time
 from collections import Counter as Tally
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import redis.asyncio as aioredis
-import torch
 from prometheus_client import CollectorRegistry
 
 from eaas.mempool.background import cancel_and_wait
 from eaas.mempool.keys import LOAD_BUCKET_S, LOAD_KEY_TTL_S, DeploymentKeys, complete_load_buckets, load_bucket
 from eaas.mempool.metrics import MempoolMetrics, mempool_metrics
 from eaas.mempool.redis_link import RedisGuard, connect, describe
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("eaas.mempool")
 
@@ -153,6 +155,8 @@ class LoadRecorder:
 
     def add_expert_ids(self, expert_ids: torch.Tensor, now: float | None = None) -> None:
         """Count a router's chosen expert ids (e.g. top_k_index of one layer, any shape; -1 = none)."""
+        import torch  # here, not at the top: the operator reads load windows without torch
+
         ids = expert_ids.detach().reshape(-1).to("cpu", torch.int64)
         ids = ids[ids >= 0]
         if ids.numel():

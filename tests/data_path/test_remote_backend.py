@@ -12,7 +12,8 @@ import pytest
 import torch
 from prometheus_client import REGISTRY, generate_latest
 
-from eaas.gateway.remote_backend import ExpertsUnavailable, GroupSpec, RemoteExpertBackend
+from eaas.gateway.remote_backend import ExpertsUnavailable, RemoteExpertBackend
+from eaas.gateway.replica_table import GroupSpec
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.experts import load_expert_weights
 from expert_cluster import ExpertServer, start_servers, tiny_mixtral

@@ -182,7 +182,8 @@ def test_chart_installs_crd_and_operator(control_plane, release, api, kube):
                                     "moedeployments.eaas.dev").status.conditions or []), "CRD established")
     chart_operator = deployment(api, "eaas-operator")
     assert chart_operator.spec.template.spec.containers[0].command == [
-        "eaas", "operator", "--standalone", f"--namespace={NAMESPACE}", "--liveness=http://0.0.0.0:8080/healthz"]
+        "eaas", "operator", "--standalone", f"--namespace={NAMESPACE}", "--liveness=http://0.0.0.0:8080/healthz",
+        "--redis-image=redis:7.2-alpine"]
     assert chart_operator.spec.template.spec.security_context.run_as_non_root is True
     # No kubelet here: the chart's operator Pod is created and stays Pending.
     pods = wait_for(lambda: api["core"].list_namespaced_pod(
@@ -238,6 +239,9 @@ def test_moedeployment_becomes_owned_children(control_plane, api, operator):
         ("apps/v1", "Deployment"): {"mix-gateway", "mix-experts-g0", "mix-experts-g1", "mix-redis"},
         ("v1", "Service"): {"mix-gateway", "mix-experts-g0", "mix-experts-g1", "mix-redis"},
         ("policy/v1beta1", "PodDisruptionBudget"): {"mix-gateway", "mix-experts-g0", "mix-experts-g1"},
+        ("v1", "ServiceAccount"): {"mix-gateway"},
+        ("rbac.authorization.k8s.io/v1", "Role"): {"mix-gateway"},
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"): {"mix-gateway"},
     }
     for (api_version, kind), names in expected.items():
         objects = owned(api, kind, api_version)
@@ -250,14 +254,14 @@ def test_moedeployment_becomes_owned_children(control_plane, api, operator):
         "--port", "50051", "--metrics-port", "9090", "--deployment", NAME, "--group", "g1", "--advertise", "$(POD_IP):50051", "--redis", redis_url]
     assert command_of(api, "mix-gateway") == [
         "eaas", "gateway", "--model", "hf://eaas/tiny-moe", "--topology", "/etc/eaas/topology.json",
-        "--grpc-port", "50050", "--http-port", "8000", "--deployment", NAME, "--redis", redis_url]
+        "--watch-endpoints", "--grpc-port", "50050", "--http-port", "8000", "--deployment", NAME, "--redis", redis_url]
     topology = json.loads(api["core"].read_namespaced_config_map("mix-topology", NAMESPACE).data["topology.json"])
     assert [(g["name"], g["experts"], g["service"]) for g in topology["groups"]] == [
         ("g0", [0, 1, 2, 3], "mix-experts-g0"), ("g1", [4, 5, 6, 7], "mix-experts-g1")]
     assert api["core"].read_namespaced_service("mix-experts-g0", NAMESPACE).spec.cluster_ip == "None"
     container = deployment(api, "mix-experts-g0").spec.template.spec.containers[0]
     assert container.security_context.read_only_root_filesystem is True
-    assert container.readiness_probe is None  # the operator omits grpc probes below Kubernetes 1.24
+    assert container.readiness_probe.tcp_socket.port == 50051  # no grpc probes below Kubernetes 1.24
     pods = wait_for(lambda: api["core"].list_namespaced_pod(
         NAMESPACE, label_selector="app.kubernetes.io/instance=mix,eaas.dev/group=g0").items, "expert Pods")
     assert {p.status.phase for p in pods} == {"Pending"}
@@ -363,9 +367,10 @@ def test_delete_garbage_collects_children_and_redis_keys(api, operator, redis_se
     client.set(f"eaas:{NAME}:registry:10.0.0.7:50051", "{}")
     client.set(f"eaas:{NAME}:kv:fp:abc", b"block")
     client.set("eaas:other:load:10", "kept")
+    assert not read_cr(api)["metadata"].get("finalizers")  # nothing waits for an operator on deletion
     api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
-    wait_for(lambda: read_cr(api) is None, "the MoEDeployment gone (finalizer done)", operator)
-    assert client.keys(f"eaas:{NAME}:*") == []
+    wait_for(lambda: read_cr(api) is None, "the MoEDeployment gone", operator)
+    wait_for(lambda: client.keys(f"eaas:{NAME}:*") == [], "the operator unlinked its Redis keys", operator)
     assert client.get("eaas:other:load:10") == b"kept"
     kinds = (("ConfigMap", "v1"), ("Deployment", "apps/v1"), ("Service", "v1"),
              ("PodDisruptionBudget", "policy/v1beta1"))
@@ -394,3 +399,34 @@ def test_redis_outage_degrades_and_does_not_block_deletion(api, operator, redis_
     finally:
         redis_server_session.start()
     assert "could not delete Redis keys eaas:lonely:*" in operator.log.read_text()
+
+
+def test_operator_logs_changes_not_every_refresh(api, operator):
+    """The refresh runs every second here (intervalSeconds 1); a pass that changes nothing logs nothing."""
+    apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    before = len(operator.log.read_text(errors="replace").splitlines())
+    start = time.monotonic()
+    wait_for(lambda: time.monotonic() - start > 5, "five refresh intervals")
+    added = [line for line in operator.log.read_text(errors="replace").splitlines()[before:]
+             if "[DEBUG" not in line]  # the operator runs --verbose here
+    assert not [line for line in added if "succeeded" in line or "Timer" in line], added
+    assert len(added) <= 3, added
+
+
+def test_delete_after_helm_uninstall_never_hangs(control_plane, api, operator):
+    """The operator is gone (helm uninstall; the CRD in crds/ stays): deleting a MoEDeployment still removes
+    it at once and the garbage collector removes every child."""
+    apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    assert deployment(api, "mix-experts-g0") is not None
+    operator.proc.terminate()
+    operator.proc.wait(30)
+    done = subprocess.run([str(HELM), "uninstall", "eaas", "--namespace", NAMESPACE,
+                           f"--kubeconfig={control_plane.kubeconfig}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert deployment(api, "eaas-operator") is None
+    api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
+    wait_for(lambda: read_cr(api) is None, "the MoEDeployment gone without an operator", timeout=30)
+    kinds = (("ConfigMap", "v1"), ("Deployment", "apps/v1"), ("Service", "v1"),
+             ("PodDisruptionBudget", "policy/v1beta1"))
+    wait_for(lambda: not any(owned(api, kind, version) for kind, version in kinds),
+             "every child garbage-collected", timeout=60)

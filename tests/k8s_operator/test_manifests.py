@@ -9,8 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from eaas.operator.manifests import (ClusterFeatures, cluster_features, desired_manifests, topology_document,
-                                     without_grpc_probes)
+from eaas.operator.manifests import ClusterFeatures, cluster_features, desired_manifests, topology_document
 from eaas.operator.spec import SpecError, parse_spec
 from eaas.operator.status import DeploymentState, groups_status, readiness_status, replicas_from_status, set_condition
 
@@ -48,7 +47,6 @@ def test_groups_cover_all_experts_with_exact_expert_server_commands():
             "--advertise", "$(POD_IP):50051", "--redis", "redis://redis.infra:6379/0"]
         env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-        assert env["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
         service = by_name(manifests, "Service", f"mix-experts-{group}")
         assert service["spec"]["clusterIP"] == "None"
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -61,7 +59,7 @@ def test_gateway_command_mounts_topology_and_rolls_when_groups_change():
     gateway = by_name(desired_manifests(moe, {}, NEW), "Deployment", "mix-gateway")
     pod = gateway["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"] == [
-        "eaas", "gateway", "--model", "/models/tiny", "--topology", "/etc/eaas/topology.json",
+        "eaas", "gateway", "--model", "/models/tiny", "--topology", "/etc/eaas/topology.json", "--watch-endpoints",
         "--grpc-port", "50050", "--http-port", "8000", "--deployment", "mix", "--redis", "redis://redis.infra:6379/0"]
     assert {"name": "topology", "mountPath": "/etc/eaas", "readOnly": True} in pod["containers"][0]["volumeMounts"]
     assert {"name": "topology", "configMap": {"name": "mix-topology"}} in pod["volumes"]
@@ -148,12 +146,40 @@ def test_old_clusters_get_policy_v1beta1_and_no_grpc_probe():
     moe = parse_spec("mix", "team", spec_dict())
     old = desired_manifests(moe, {}, OLD)
     assert {m["apiVersion"] for m in old if m["kind"] == "PodDisruptionBudget"} == {"policy/v1beta1"}
-    assert all("readinessProbe" not in m["spec"]["template"]["spec"]["containers"][0]
-               for m in old if m["kind"] == "Deployment")
-    new = desired_manifests(moe, {}, NEW)
-    probe = by_name(new, "Deployment", "mix-experts-g0")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
-    assert probe["grpc"] == {"port": 50051}
-    assert without_grpc_probes(by_name(new, "Service", "mix-gateway")) == by_name(new, "Service", "mix-gateway")
+
+
+def container_of(manifests: list[dict], name: str) -> dict:
+    return by_name(manifests, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("features, check", [(NEW, {"grpc": {"port": 50051}}), (OLD, {"tcpSocket": {"port": 50051}})])
+def test_every_pod_has_probes_that_mean_serving_on_every_version(features, check):
+    """Below 1.24 there is no gRPC probe: a TCP check stands in (the servers open their port only after loading)."""
+    moe = parse_spec("mix", "team", spec_dict(memPool={"managed": True}))
+    manifests = desired_manifests(moe, {}, features)
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        expert = container_of(manifests, "mix-experts-g0")[probe]
+        assert {k: v for k, v in expert.items() if k in ("grpc", "tcpSocket")} == check, probe
+        # the gateway opens HTTP after gRPC: its /health answering means both ports serve
+        assert container_of(manifests, "mix-gateway")[probe]["httpGet"] == {"path": "/health", "port": 8000}
+        assert container_of(manifests, "mix-redis")[probe]["tcpSocket"] == {"port": 6379}
+    # a slow model load is the startup probe's business, not a liveness failure
+    startup = container_of(manifests, "mix-experts-g0")["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+
+
+def test_omp_threads_follow_the_cpu_limit_else_request_else_one():
+    def omp(resources):
+        experts = {"expertsPerReplica": 4, **({"resources": resources} if resources else {})}
+        moe = parse_spec("mix", "team", spec_dict(experts=experts))
+        env = {e["name"]: e for e in container_of(desired_manifests(moe, {}, NEW), "mix-experts-g0")["env"]}
+        return env["OMP_NUM_THREADS"]
+    field = lambda e: e["valueFrom"]["resourceFieldRef"]  # noqa: E731
+    assert field(omp({"limits": {"cpu": "4"}, "requests": {"cpu": "2"}})) == {"resource": "limits.cpu", "divisor": "1"}
+    assert field(omp({"requests": {"cpu": "1500m"}})) == {"resource": "requests.cpu", "divisor": "1"}
+    # no CPU figure at all: the downward API would give the node's CPU count; one thread instead
+    assert omp({"limits": {"memory": "1Gi"}}) == {"name": "OMP_NUM_THREADS", "value": "1"}
+    assert omp(None) == {"name": "OMP_NUM_THREADS", "value": "1"}
 
 
 @pytest.mark.parametrize("version", ["1.25.0", "1.30.0", kubernetes_validate.latest_version()])
@@ -188,7 +214,8 @@ def test_python_defaults_equal_the_crd_defaults():
     assert moe.min_replicas == props("experts")["minReplicas"]["default"]
     assert moe.max_replicas == props("experts")["maxReplicas"]["default"]
     assert moe.gateway_replicas == props("gateway")["replicas"]["default"]
-    assert moe.redis_image == props("memPool")["redisImage"]["default"]
+    # no CRD default: the operator's --redis-image (chart value managedRedis.image) fills it in
+    assert "default" not in props("memPool")["redisImage"]
     scaling = props("autoscaling")
     assert (moe.autoscaling.enabled, moe.autoscaling.target_tokens_per_second_per_replica,
             moe.autoscaling.scale_up_stabilization_seconds, moe.autoscaling.scale_down_stabilization_seconds,
@@ -232,3 +259,40 @@ def test_condition_transition_time_moves_only_on_flips():
     flipped = set_condition(same, "Degraded", True, "RedisUnreachable", "down", "t3")
     assert [c["lastTransitionTime"] for c in (first[0], same[0], flipped[0])] == ["t1", "t1", "t3"]
     assert len(flipped) == 1
+
+
+def test_rollouts_surge_before_drain_and_let_in_flight_requests_finish():
+    from eaas.operator.pods import DRAIN_SECONDS, PRESTOP_SECONDS
+
+    moe = parse_spec("mix", "team", spec_dict())
+    manifests = desired_manifests(moe, {}, OLD)
+    for name in ("mix-gateway", "mix-experts-g0"):
+        deployment = by_name(manifests, "Deployment", name)
+        assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+        pod = deployment["spec"]["template"]["spec"]
+        # preStop: out of every Endpoints list before SIGTERM makes the server refuse new work
+        assert pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRESTOP_SECONDS)]
+        assert pod["terminationGracePeriodSeconds"] > PRESTOP_SECONDS + DRAIN_SECONDS
+
+
+def test_managed_redis_image_comes_from_the_spec_else_the_operator_default():
+    own = parse_spec("mix", "team", spec_dict(memPool={"managed": True, "redisImage": "mine/redis:7"}), "eaas-redis:1")
+    assert container_of(desired_manifests(own, {}, NEW), "mix-redis")["image"] == "mine/redis:7"
+    chart = parse_spec("mix", "team", spec_dict(memPool={"managed": True}), "eaas-redis:1")
+    assert container_of(desired_manifests(chart, {}, NEW), "mix-redis")["image"] == "eaas-redis:1"
+
+
+def test_gateway_may_watch_endpoints_and_nothing_else_may_use_the_api():
+    moe = parse_spec("mix", "team", spec_dict(memPool={"managed": True}))
+    manifests = desired_manifests(moe, {}, OLD)
+    role = by_name(manifests, "Role", "mix-gateway")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["endpoints"], "verbs": ["get", "list", "watch"]}]
+    binding = by_name(manifests, "RoleBinding", "mix-gateway")
+    assert binding["roleRef"]["name"] == "mix-gateway"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mix-gateway", "namespace": "team"}]
+    assert by_name(manifests, "ServiceAccount", "mix-gateway")
+    gateway = by_name(manifests, "Deployment", "mix-gateway")["spec"]["template"]["spec"]
+    assert gateway["serviceAccountName"] == "mix-gateway"
+    for name in ("mix-experts-g0", "mix-redis"):
+        pod = by_name(manifests, "Deployment", name)["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
