@@ -33,12 +33,14 @@ COPY expert_service ./expert_service
 COPY operator ./operator
 COPY protos ./protos
 # PIP_BREAK_SYSTEM_PACKAGES: a Debian base's python refuses system-wide installs otherwise (PEP 668).
+# torch's C++ headers and test binaries (~145 MB) are for building extensions, not for serving.
 # -P: /src/operator would shadow the stdlib's operator module (pip imports it) with the cwd on sys.path.
 RUN if [ -n "${WHEELS}" ]; then \
         ${PYTHON} -P -m pip install --no-index --find-links "${WHEELS}" torch . ; \
     else \
         ${PYTHON} -P -m pip install --index-url "${TORCH_INDEX}" torch && ${PYTHON} -P -m pip install . ; \
     fi \
+ && ${PYTHON} -P -c "import importlib.util as u, shutil; d = u.find_spec('torch').submodule_search_locations[0]; [shutil.rmtree(f'{d}/{x}', True) for x in ('include', 'test')]" \
  && rm -rf /src
 
 # Non-root, uid matching the operator's pod securityContext (runAsUser 10001); the root filesystem

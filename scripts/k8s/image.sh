@@ -90,6 +90,17 @@ import_image() {
     rm -f "$archive"
 }
 
+# Older builds of the eaas image (1.4 GB each) would pile up in both stores: keep the current one.
+prune_images() {
+    local keep="$1" old
+    for old in $(buildah_ images --format '{{.Name}}:{{.Tag}}' | grep '^localhost/eaas:' | grep -vx "$keep"); do
+        buildah_ rmi "$old" >/dev/null 2>&1 || true
+    done
+    for old in $(ctr_ images ls -q | grep '^localhost/eaas:' | grep -v "^$keep"); do
+        ctr_ images rm "$old" >/dev/null 2>&1 || true
+    done
+}
+
 build_images() {
     require_running
     local base_tar redis_tar wheels base_name redis_name key name
@@ -110,6 +121,7 @@ build_images() {
     fi
     import_image "$name"
     import_image "$redis_name"
+    prune_images "$name"
     echo "export EAAS_IMAGE=$name"
     echo "export EAAS_REDIS_IMAGE=$redis_name"
 }
