@@ -25,23 +25,35 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/tmp/huggingface \
     PIP_BREAK_SYSTEM_PACKAGES=1
 
+# PIP_BREAK_SYSTEM_PACKAGES: a Debian base's python refuses system-wide installs otherwise (PEP 668).
+# -P everywhere: /src/operator would shadow the stdlib's operator module (pip imports it).
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Layer 1, the dependencies (1.3 GB, rebuilt only when pyproject.toml changes): torch first so the
+# project's torch>=2.4 is already met, then the rest of [project].dependencies. torch's C++ headers and
+# test binaries (~145 MB) are for building extensions, not for serving.
+COPY pyproject.toml ./
+RUN ${PYTHON} -P -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && if [ -n "${WHEELS}" ]; then \
+        ${PYTHON} -P -m pip install --no-index --find-links "${WHEELS}" torch -r /tmp/requirements.txt ; \
+    else \
+        ${PYTHON} -P -m pip install --index-url "${TORCH_INDEX}" torch && ${PYTHON} -P -m pip install -r /tmp/requirements.txt ; \
+    fi \
+ && ${PYTHON} -P -c "import importlib.util as u, shutil; d = u.find_spec('torch').submodule_search_locations[0]; [shutil.rmtree(f'{d}/{x}', True) for x in ('include', 'test')]" \
+ && rm -rf /tmp/requirements.txt /tmp/.cache
+
+# Layer 2, the project itself (a few MB: what a code change rebuilds).
+COPY README.md ./
 COPY eaas ./eaas
 COPY gateway ./gateway
 COPY expert_service ./expert_service
 COPY operator ./operator
 COPY protos ./protos
-# PIP_BREAK_SYSTEM_PACKAGES: a Debian base's python refuses system-wide installs otherwise (PEP 668).
-# torch's C++ headers and test binaries (~145 MB) are for building extensions, not for serving.
-# -P: /src/operator would shadow the stdlib's operator module (pip imports it) with the cwd on sys.path.
 RUN if [ -n "${WHEELS}" ]; then \
-        ${PYTHON} -P -m pip install --no-index --find-links "${WHEELS}" torch . ; \
+        ${PYTHON} -P -m pip install --no-index --find-links "${WHEELS}" --no-deps . ; \
     else \
-        ${PYTHON} -P -m pip install --index-url "${TORCH_INDEX}" torch && ${PYTHON} -P -m pip install . ; \
+        ${PYTHON} -P -m pip install --no-deps . ; \
     fi \
- && ${PYTHON} -P -c "import importlib.util as u, shutil; d = u.find_spec('torch').submodule_search_locations[0]; [shutil.rmtree(f'{d}/{x}', True) for x in ('include', 'test')]" \
- && rm -rf /src
+ && rm -rf /src /tmp/.cache
 
 # Non-root, uid matching the operator's pod securityContext (runAsUser 10001); the root filesystem
 # can be mounted read-only: everything writable lives under /tmp (an emptyDir in the pods).

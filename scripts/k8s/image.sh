@@ -115,7 +115,7 @@ build_images() {
     name="localhost/eaas:$key"
     if ! buildah_ inspect --type image "$name" >/dev/null 2>&1; then
         log "buildah bud $name"
-        (cd "$REPO" && buildah_ bud --quiet --isolation chroot --layers=false \
+        (cd "$REPO" && buildah_ bud --quiet --isolation chroot --layers \
             --build-arg BASE_IMAGE="$base_name" --build-arg WHEELS=/wheels \
             --volume "$wheels:/wheels:ro" -t "$name" -f Dockerfile . >&2)
     fi
