@@ -32,9 +32,13 @@ def cannot_run() -> str | None:
 
 
 def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/cluster/" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
+    """The tier's items run last (its pods and cluster go at session end, not during other tiers), and
+    get the time a cold machine needs to build the images inside the first one's fixtures."""
+    ours = [item for item in items if "tests/cluster/" in str(item.fspath)]
+    for item in ours:
+        item.add_marker(pytest.mark.cluster)
+        item.add_marker(pytest.mark.timeout(3600))
+    items[:] = [item for item in items if item not in ours] + ours
 
 
 def pytest_terminal_summary(terminalreporter):
