@@ -96,8 +96,11 @@ prune_images() {
     for old in $(buildah_ images --format '{{.Name}}:{{.Tag}}' | grep '^localhost/eaas:' | grep -vx "$keep"); do
         buildah_ rmi "$old" >/dev/null 2>&1 || true
     done
+    # Never an image a container still uses: a running pod's replacement would find no image to start.
+    local in_use
+    in_use=$(ctr_ containers ls 2>/dev/null | awk 'NR > 1 {print $2}' | sort -u)
     for old in $(ctr_ images ls -q | grep '^localhost/eaas:' | grep -v "^$keep"); do
-        ctr_ images rm "$old" >/dev/null 2>&1 || true
+        echo "$in_use" | grep -qx "$old" || ctr_ images rm "$old" >/dev/null 2>&1 || true
     done
 }
 
