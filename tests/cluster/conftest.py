@@ -13,10 +13,10 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from cluster_deploy import MODEL_CLAIM, NAME, NAMESPACE, PV_NAME, RELEASE, TIMINGS, diagnose, moed_ready, moedeployment_manifest, record
+from cluster_deploy import (MODEL_CLAIM, NAME, NAMESPACE, PV_NAME, RELEASE, TIMINGS, diagnose, moed_ready,
+                            moedeployment_manifest, record)
 from cluster_kube import REPO, RUN_DIR, TESTBED, Cluster, testbed, wait_for
 from cluster_load import Reference, gateway_address
 
