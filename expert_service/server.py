@@ -71,7 +71,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             job = decode_combine(request, self.served)
         except WireError as exc:
             self.metrics.requests.labels("INVALID_ARGUMENT").inc()
-            log_event(log, "bad_request", logging.WARNING, request_id=request.request_id, error=exc)
+            log_event(log, "bad_request", logging.WARNING, layer=request.layer, peer=context.peer(), error=exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self.inflight >= self.max_inflight:
             self.metrics.requests.labels("RESOURCE_EXHAUSTED").inc()

@@ -15,7 +15,6 @@ from collections import Counter as Tally
 from typing import Protocol
 
 import redis.asyncio as aioredis
-import torch
 from prometheus_client import CollectorRegistry
 
 from eaas.mempool.background import cancel_and_wait
@@ -150,15 +149,6 @@ class LoadRecorder:
             if n > 0:
                 bucket[int(expert)] = bucket.get(int(expert), 0) + int(n)
         self._bound()
-
-    def add_expert_ids(self, expert_ids: torch.Tensor, now: float | None = None) -> None:
-        """Count a router's chosen expert ids (e.g. top_k_index of one layer, any shape; -1 = none)."""
-        ids = expert_ids.detach().reshape(-1).to("cpu", torch.int64)
-        ids = ids[ids >= 0]
-        if ids.numel():
-            counts = torch.bincount(ids)
-            nonzero = torch.nonzero(counts).reshape(-1)
-            self.add(dict(zip(nonzero.tolist(), counts[nonzero].tolist())), now)
 
     async def flush(self) -> bool:
         """Write every pending window; on failure the counts stay pending for the next flush."""

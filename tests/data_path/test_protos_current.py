@@ -35,4 +35,4 @@ def test_messages_carry_raw_bytes_not_repeated_floats():
     tensor = expert_pb2.Tensor.DESCRIPTOR
     assert tensor.fields_by_name["data"].type == tensor.fields_by_name["data"].TYPE_BYTES
     request = expert_pb2.CombineRequest.DESCRIPTOR
-    assert {f.name for f in request.fields} == {"layer", "hidden", "expert_ids", "weights", "request_id"}
+    assert {f.name for f in request.fields} == {"layer", "hidden", "expert_ids", "weights"}
