@@ -25,6 +25,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("eaas.gateway.cli", "serve the dense model (gRPC Generate + OpenAI HTTP) using remote experts"),
     "expert-server": ("eaas.expert_service.cli", "serve one group of experts over gRPC"),
     "operator": ("eaas.operator.cli", "run the Kubernetes operator for MoEDeployment resources (kopf)"),
+    "plan": ("eaas.plan.cli", "capacity planner: replay a trace under static/reactive/predictive scaling (simulated)"),
+    "routing-stats": ("eaas.plan.routing_stats", "export a deployment's per-expert load windows from Redis as JSON"),
 }
 
 

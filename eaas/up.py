@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eaas.child_lifetime import die_with_parent
 from eaas.errors import UserError
+from eaas.local_ports import choose_ports
 from eaas.topology import expert_groups, format_expert_ids
 
 BUILTIN_DIR = Path(os.environ.get("EAAS_CACHE", Path.home() / ".cache" / "eaas")) / "builtin-tiny-mixtral"
@@ -29,9 +31,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert-replicas", type=int, default=2, help="replicas (processes) per group (default 2)")
     p.add_argument("--gateways", type=int, default=1, help="gateway processes sharing one MemPool (default 1)")
     p.add_argument("--host", default="127.0.0.1", help="address every process binds (default 127.0.0.1)")
-    p.add_argument("--grpc-port", type=int, default=50050, help="first gateway's gRPC port (default 50050)")
-    p.add_argument("--http-port", type=int, default=8000, help="first gateway's HTTP port (default 8000)")
-    p.add_argument("--expert-base-port", type=int, default=51000, help="expert servers use ports from here")
+    p.add_argument("--grpc-port", type=int, help="first gateway's gRPC port (default 50050, or a free port "
+                   "when 50050 is taken); a given port that is taken is an error")
+    p.add_argument("--http-port", type=int, help="first gateway's HTTP port (default 8000, or a free port "
+                   "when 8000 is taken); a given port that is taken is an error")
+    p.add_argument("--expert-base-port", type=int, help="expert servers use consecutive ports from here "
+                   "(default: free ports); a given port that is taken is an error")
     p.add_argument("--redis", metavar="URL", help="Redis for the MemPool; with --gateways > 1 and no URL a "
                    "local redis-server is started")
     p.add_argument("--dtype", default="float32", help="float32|bfloat16|float16")
@@ -49,7 +54,10 @@ class Fleet:
         env = dict(os.environ)
         if threads and "OMP_NUM_THREADS" not in os.environ:  # the user's setting wins
             env["OMP_NUM_THREADS"] = str(threads)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        # own session: a terminal's Ctrl-C reaches only us, and we stop the children in order;
+        # die_with_parent: if we are killed outright, the kernel stops them instead
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                preexec_fn=die_with_parent(os.getpid()))
         self.procs.append((name, proc))
         return proc
 
@@ -77,10 +85,23 @@ def threads_per_process(processes: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, processes))
 
 
+def listens_on(proc: subprocess.Popen, port: int) -> bool:
+    """Whether `proc` itself holds the listening socket: a health answer on a port that another
+    process (another `eaas up`) already had must not count as ours."""
+    import psutil
+
+    try:
+        conns = psutil.Process(proc.pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
+
+
 def wait_healthy(fleet: Fleet, name: str, proc: subprocess.Popen, address: str, timeout_s: float) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    port = int(address.rsplit(":", 1)[1])
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -88,12 +109,20 @@ def wait_healthy(fleet: Fleet, name: str, proc: subprocess.Popen, address: str, 
             if proc.poll() is not None:
                 raise UserError(f"{name} exited with code {proc.returncode}: {fleet.log_tail(name, 3)}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                serving = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                    health_pb2.HealthCheckResponse.SERVING
             except grpc.RpcError:
-                pass
+                serving = False
+            if serving and listens_on(proc, port):
+                return
             time.sleep(0.2)
     raise UserError(f"{name} at {address} not healthy after {timeout_s:.0f}s")
+
+
+def ensure_all_alive(fleet: Fleet) -> None:
+    for name, proc in fleet.procs:
+        if proc.poll() is not None:
+            raise UserError(f"{name} exited with code {proc.returncode}: {fleet.log_tail(name, 3)}")
 
 
 def builtin_model() -> Path:
@@ -115,6 +144,13 @@ def run(args) -> int:
     model = Path(args.model) if args.model else builtin_model()
     num_experts = num_routed_experts(Checkpoint(model).config)
     groups = expert_groups(num_experts, args.experts_per_server)
+    n_experts, n_gw = len(groups) * args.expert_replicas, args.gateways
+    ports = choose_ports(args.host, [
+        ("--expert-base-port", None if args.expert_base_port is None else args.expert_base_port + i, None)
+        for i in range(n_experts)
+    ] + [("--grpc-port", None if args.grpc_port is None else args.grpc_port + i, 50050 + i) for i in range(n_gw)]
+      + [("--http-port", None if args.http_port is None else args.http_port + i, 8000 + i) for i in range(n_gw)])
+    expert_ports, grpc_ports, http_ports = ports[:n_experts], ports[n_experts:n_experts + n_gw], ports[n_experts + n_gw:]
     fleet = Fleet()
     py = [sys.executable, "-P", "-m", "eaas.cli"]  # -P: a cwd holding operator/ must not shadow the stdlib
     # torch processes sharing cores must split them: OpenMP threads spinning on an oversubscribed
@@ -124,11 +160,12 @@ def run(args) -> int:
         redis_url = args.redis
         if args.gateways > 1 and not redis_url:
             redis_url = _start_local_redis(fleet, args.host)
-        spec, port = [], args.expert_base_port
+        spec, next_port = [], iter(expert_ports)
         experts: list[tuple[str, subprocess.Popen, str]] = []
         for g in groups:
             addrs = []
             for r in range(args.expert_replicas):
+                port = next(next_port)
                 name, address = f"expert-{g.name}-r{r}", f"{args.host}:{port}"
                 argv = py + ["expert-server", "--model", str(model), "--experts", format_expert_ids(g.experts),
                              "--host", args.host, "--port", str(port), "--metrics-port", "0", "--group", g.name,
@@ -137,30 +174,30 @@ def run(args) -> int:
                     argv += ["--redis", redis_url]
                 experts.append((name, fleet.spawn(name, argv, threads), address))
                 addrs.append(address)
-                port += 1
             spec.append(f"{format_expert_ids(g.experts)}={','.join(addrs)}")
         for name, proc, address in experts:
             wait_healthy(fleet, name, proc, address, args.ready_timeout)
         gateways = []
         for i in range(args.gateways):
             name = f"gateway-{i}"
-            grpc_addr = f"{args.host}:{args.grpc_port + i}"
+            grpc_addr = f"{args.host}:{grpc_ports[i]}"
             # one micro-batch: on a single machine the experts share the gateway's cores, so there is no
             # idle hardware to overlap with and more micro-batches only add RPCs (measured: 0.59 vs 0.55)
             argv = py + ["gateway", "--model", str(model), "--expert-servers", ";".join(spec), "--host", args.host,
-                         "--grpc-port", str(args.grpc_port + i), "--http-port", str(args.http_port + i),
+                         "--grpc-port", str(grpc_ports[i]), "--http-port", str(http_ports[i]),
                          "--dtype", args.dtype, "--micro-batches", "1"]
             if redis_url:
                 argv += ["--redis", redis_url]
             gateways.append((name, fleet.spawn(name, argv, threads), grpc_addr))
         for name, proc, address in gateways:
             wait_healthy(fleet, name, proc, address, args.ready_timeout)
+        ensure_all_alive(fleet)  # an expert server may have died while the gateways loaded
         print(f"eaas up: {len(groups)} expert groups x {args.expert_replicas} replicas "
               f"({len(experts)} expert processes), model {model}", flush=True)
         for g, s in zip(groups, spec):
             print(f"  {g.name}: experts {s}", flush=True)
         for i, (_, _, address) in enumerate(gateways):
-            print(f"  gateway-{i}: grpc {address}  http http://{args.host}:{args.http_port + i}/v1", flush=True)
+            print(f"  gateway-{i}: grpc {address}  http http://{args.host}:{http_ports[i]}/v1", flush=True)
         if redis_url:
             print(f"  mempool: {redis_url}", flush=True)
         print(f"  logs: {fleet.tmp}", flush=True)

@@ -6,7 +6,20 @@ import argparse
 import asyncio
 import logging
 
+from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED, describe_default
 from eaas.errors import UserError
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str) -> int:
+    """'2GiB', '500MB', '1073741824' -> bytes."""
+    t = text.strip().lower()
+    digits = len(t) - len(t.lstrip("0123456789."))
+    number, unit = t[:digits], t[digits:].strip()
+    if not number or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2GiB, 500MB, 1073741824)")
+    return int(float(number) * _UNITS[unit])
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -16,6 +29,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                      help="static table: '0-3=host:port,host:port;4-7=host:port' (expert ids = replicas)")
     src.add_argument("--topology", metavar="FILE",
                      help="the operator's topology.json: groups resolved via their headless Services' DNS")
+    src.add_argument("--watch-endpoints", action="store_true",
+                     help="with --topology: each group's replicas are the ready addresses of its Service's "
+                          "Endpoints, watched through the Kubernetes API (in-cluster or $KUBECONFIG), not DNS")
+    src.add_argument("--namespace", default=None,
+                     help="namespace of the watched Endpoints (default: the pod's own)")
     src.add_argument("--redis", metavar="URL", help="Redis of the MemPool: registry, KV blocks, load statistics "
                      "(redis://, rediss://); without it the KV pool is in-process")
     p.add_argument("--deployment", default="local", help="deployment name (Redis key prefix), default 'local'")
@@ -27,6 +45,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batched-tokens", type=int, default=4096, help="tokens per step at most (default 4096)")
     p.add_argument("--micro-batches", type=int, default=2,
                    help="split each step into N micro-batches that overlap compute with expert RPCs (default 2)")
+    p.add_argument("--kv-cache-bytes", type=parse_bytes, metavar="BYTES",
+                   help="KV cache budget, preallocated at start (e.g. 2GiB, 500MB, 1073741824); default: "
+                        f"{describe_default()}, capped at what --max-num-seqs full contexts can use".replace("%", "%%"))
+    p.add_argument("--max-queued-requests", type=int, default=DEFAULT_MAX_QUEUED,
+                   help="requests that may wait for the engine; more are refused with HTTP 429 + Retry-After / "
+                        f"gRPC RESOURCE_EXHAUSTED (default {DEFAULT_MAX_QUEUED})")
     p.add_argument("--no-prefix-cache", action="store_true", help="disable KV prefix caching in the MemPool")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
@@ -35,13 +59,17 @@ def run(args) -> int:
     from eaas.gateway.server import Gateway, GatewayOptions
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.watch_endpoints and not args.topology:
+        raise UserError("--watch-endpoints needs --topology (which Services hold which experts)")
     if not (args.expert_servers or args.topology or args.redis):
         raise UserError("tell the gateway where the experts are: --expert-servers, --topology or --redis")
     opts = GatewayOptions(model=args.model, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           expert_servers=args.expert_servers, topology=args.topology, redis=args.redis,
                           deployment=args.deployment, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                           max_batched_tokens=args.max_batched_tokens, micro_batches=args.micro_batches,
-                          prefix_cache=not args.no_prefix_cache)
+                          prefix_cache=not args.no_prefix_cache, watch_endpoints=args.watch_endpoints,
+                          namespace=args.namespace, kv_cache_bytes=args.kv_cache_bytes,
+                          max_queued_requests=args.max_queued_requests)
     if opts.expert_servers:
         from eaas.gateway.discovery import parse_expert_servers
 

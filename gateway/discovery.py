@@ -1,6 +1,7 @@
-"""Where the expert replicas are: a static list, the operator's topology (DNS of headless Services),
-or the Redis registry. Each source is parsed by a pure function into GroupSpecs; the gateway re-reads
-the dynamic ones periodically and swaps the backend's table without a restart."""
+"""Where the expert replicas are: a static list, the operator's topology (its headless Services' Endpoints
+watched through the Kubernetes API, or their DNS), or the Redis registry. Each source is parsed by a pure
+function into GroupSpecs; the gateway re-reads the dynamic ones and swaps the backend's table without a
+restart (at once when a watched Endpoints object changes)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,37 @@ def groups_from_topology(topo: dict, resolve=socket.gethostbyname_ex) -> list[Gr
             ips = []
         groups.append(GroupSpec(tuple(g["experts"]), tuple(f"{ip}:{g['port']}" for ip in ips), g.get("name", "")))
     return groups
+
+
+def ready_addresses(endpoints: dict, port_name: str, default_port: int) -> tuple[str, ...]:
+    """'ip:port' of every *ready* address of a v1 Endpoints object (notReadyAddresses are left out: a
+    replica receives RPCs only once its readiness probe passed), sorted, for the port named `port_name`."""
+    found = set()
+    for subset in endpoints.get("subsets") or []:
+        ports = subset.get("ports") or []
+        port = next((p["port"] for p in ports if p.get("name") == port_name), None)
+        if port is None:
+            port = ports[0]["port"] if len(ports) == 1 else default_port
+        for address in subset.get("addresses") or []:
+            found.add(f"{address['ip']}:{port}")
+    return tuple(sorted(found))
+
+
+def apply_endpoints_event(table: dict[str, dict], kind: str, endpoints: dict) -> dict[str, dict]:
+    """The watched Endpoints by Service name after one watch event (ADDED, MODIFIED, DELETED)."""
+    name = endpoints["metadata"]["name"]
+    updated = {k: v for k, v in table.items() if k != name}
+    if kind != "DELETED":
+        updated[name] = endpoints
+    return updated
+
+
+def groups_from_endpoints(topo: dict, table: dict[str, dict], port_name: str = "grpc") -> list[GroupSpec]:
+    """Each topology group's replicas are the ready addresses of its Service's Endpoints (none yet: empty)."""
+    return [GroupSpec(tuple(g["experts"]),
+                      ready_addresses(table[g["service"]], port_name, g["port"]) if g["service"] in table else (),
+                      g.get("name", ""))
+            for g in topo["groups"]]
 
 
 def groups_from_registry(replicas: dict, fingerprint: str) -> list[GroupSpec]:

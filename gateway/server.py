@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from eaas.engine.factory import engine_with_backend, load_tokenizer
+from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.errors import UserError
 from eaas.gateway import discovery
@@ -54,7 +55,12 @@ class GatewayOptions:
     micro_batches: int = 2
     prefix_cache: bool = True
     block_size: int = 16
+    kv_cache_bytes: int | None = None   # None: kv_budget.py's default share of memory
+    max_queued_requests: int = DEFAULT_MAX_QUEUED
     refresh_s: float = 2.0
+    watch_endpoints: bool = False  # topology groups' replicas from an Endpoints watch, not DNS
+    namespace: str | None = None  # of the watched Endpoints; None: the pod's own
+    kubeconfig: str | None = None  # outside a pod
     drain_s: float = 30.0
 
 
@@ -70,12 +76,19 @@ class Gateway:
             from eaas.mempool import RegistryReader
 
             self.registry = RegistryReader.from_url(opts.redis, deployment=opts.deployment)
+        self.endpoints = None
+        if opts.watch_endpoints:
+            from eaas.gateway.endpoints_watch import ApiAccess, EndpointsWatch, pod_namespace
+
+            self.endpoints = EndpointsWatch(ApiAccess.discover(opts.kubeconfig), opts.namespace or pod_namespace())
         self.backend: RemoteExpertBackend | None = None
         self.service: EngineService | None = None
         self._stopping = asyncio.Event()
 
     # --- replica table --------------------------------------------------------------------------
     async def current_groups(self) -> list:
+        if self.endpoints is not None:  # readiness-aware and immediate: the cluster's own truth
+            return discovery.groups_from_endpoints(self.topology, self.endpoints.table)
         if self.registry is not None:
             groups = discovery.groups_from_registry(await self.registry.replicas(), self.fingerprint)
             if discovery.usable(groups, self.num_experts):
@@ -87,7 +100,9 @@ class Gateway:
         return []
 
     async def _wait_for_table(self, timeout_s: float = 120.0) -> list:
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        # In a cluster, a gateway without every expert is simply not Ready yet (its ports stay closed and the
+        # startup probe waits): new expert groups may still be loading, so wait for them instead of exiting.
+        deadline = asyncio.get_running_loop().time() + (float("inf") if self.endpoints is not None else timeout_s)
         while True:
             groups = await self.current_groups()
             if discovery.usable(groups, self.num_experts):
@@ -98,10 +113,21 @@ class Gateway:
                                    f"(have experts {format_expert_ids(have) or 'none'} of 0-{self.num_experts - 1})")
             await asyncio.sleep(0.5)
 
+    async def _next_change(self) -> None:
+        """Until the Endpoints watch saw a change, or refresh_s for the polled sources."""
+        if self.endpoints is None:
+            await asyncio.sleep(self.opts.refresh_s)
+            return
+        try:
+            await asyncio.wait_for(self.endpoints.changed.wait(), self.opts.refresh_s)
+        except asyncio.TimeoutError:
+            pass
+        self.endpoints.changed.clear()
+
     async def _refresh_loop(self, last: list) -> None:
         """`last`: the table the backend already has (no need to verify it again)."""
         while not self._stopping.is_set():
-            await asyncio.sleep(self.opts.refresh_s)
+            await self._next_change()
             try:
                 groups = await self.current_groups()
                 if groups != last and discovery.usable(groups, self.num_experts):
@@ -128,14 +154,18 @@ class Gateway:
         self.backend = RemoteExpertBackend(groups, fingerprint=self.fingerprint, layers=self.ckpt.moe_layers())
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
-                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches)
+                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches,
+                                     o.kv_cache_bytes, o.block_size)
+        log.info("KV cache: %d blocks of %d tokens, %.2f GiB preallocated", engine.blocks.num_blocks,
+                 engine.block_size, engine.kv.nbytes / 2**30)
         kv_pool = None
         if o.prefix_cache:
             from eaas.mempool import SyncKVPool
 
             kv_pool = SyncKVPool.from_url(o.redis, deployment=o.deployment, fingerprint=self.fingerprint,
                                           block_size=o.block_size)
-        return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool)
+        return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool,
+                             max_queued_requests=o.max_queued_requests)
 
     def gateway_info(self) -> gateway_pb2.GatewayInfo:
         """Built per Info call: expert_groups follows the live replica table."""
@@ -154,6 +184,7 @@ class Gateway:
 
     async def serve(self) -> None:
         o = self.opts
+        watch = asyncio.create_task(self.endpoints.run()) if self.endpoints is not None else None
         groups = await self._wait_for_table()
         self.service = await asyncio.to_thread(self._build_engine, groups)
         self.service.start()
@@ -194,7 +225,7 @@ class Gateway:
 
             recorder = LoadRecorder.from_url(o.redis, deployment=o.deployment)
             recorder.start()
-        tasks = [asyncio.create_task(self._refresh_loop(groups))]
+        tasks = [asyncio.create_task(self._refresh_loop(groups)), *([watch] if watch else [])]
         if recorder is not None:
             tasks.append(asyncio.create_task(self._load_loop(recorder)))
         loop = asyncio.get_running_loop()

@@ -6,6 +6,8 @@ import argparse
 
 from eaas.cli import UserError
 
+from .spec import DEFAULT_REDIS_IMAGE
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     scope = parser.add_mutually_exclusive_group()
@@ -17,6 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=None,
                         help="read load statistics and delete keys in this Redis for every MoEDeployment, "
                              "instead of each one's memPool (for operators running outside the cluster)")
+    parser.add_argument("--redis-image", default=DEFAULT_REDIS_IMAGE,
+                        help="image of the managed Redis for MoEDeployments that name none in memPool.redisImage "
+                             f"(default {DEFAULT_REDIS_IMAGE})")
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -35,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         clusterwide=args.all_namespaces,
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(redis_url_override=args.redis_url),
+        memo=kopf.Memo(redis_url_override=args.redis_url, default_redis_image=args.redis_image),
     )
     return 0

@@ -26,6 +26,15 @@ def expert_rates(client: redis.Redis, deployment: str, now: float, windows: int)
     return load_rates([{int(e): int(n) for e, n in window.items()} for window in pipe.execute()], windows)
 
 
+def group_load_readings(client: redis.Redis, deployment: str, groups: list[ExpertGroup], now: float,
+                        interval_s: float, windows: int, lookback: int) -> list[list[tuple[float, float]]]:
+    """Per group, the load the autoscaler would have read at each of the last `lookback` intervals up to now
+    (oldest first), from the windows Redis still holds: the predictive policy's input, kept nowhere else."""
+    times = [now - i * interval_s for i in reversed(range(lookback))]
+    per_time = [group_rates(expert_rates(client, deployment, t, windows), groups) for t in times]
+    return [[(t, loads[g.name]) for t, loads in zip(times, per_time)] for g in groups]
+
+
 def group_rates(rates: dict[int, float], groups: list[ExpertGroup]) -> dict[str, float]:
     """A group's load is the sum over the expert ids it hosts."""
     return {g.name: sum(rates.get(e, 0.0) for e in g.experts) for g in groups}

@@ -7,48 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from eaas.topology import ExpertGroup, format_expert_ids
 
+from .access import gateway_access_manifests, gateway_account_name
+from .decisions import group_replicas
+from .features import ClusterFeatures, cluster_features  # noqa: F401  (re-exported for cluster.py)
+from .pods import (REDIS_UID, graceful_shutdown, http_health_check, omp_threads_env, pod_spec, probes,
+                   serving_check)
 from .spec import (EXPERT_GRPC_PORT, EXPERT_METRICS_PORT, GATEWAY_GRPC_PORT, GATEWAY_HTTP_PORT, REDIS_PORT,
-                   MoESpec, PodPlacement)
+                   MoESpec, PodPlacement, expert_object_name, group_label)
 
 MANAGED_BY = "eaas-operator"
 TOPOLOGY_KEY = "topology.json"
 TOPOLOGY_DIR = "/etc/eaas"
 MODELS_DIR = "/models"
-RUN_AS_USER = 10001
-REDIS_UID = 999  # the uid of the redis user in the official redis images
-
-
-@dataclass(frozen=True)
-class ClusterFeatures:
-    """What the API server supports, where our manifests must differ by version."""
-    grpc_probe: bool = True  # native gRPC probes: Kubernetes >= 1.24
-    pdb_api_version: str = "policy/v1"  # policy/v1 from 1.21; 1.20 serves only policy/v1beta1
-
-
-def _leading_int(text: str) -> int:
-    digits = ""
-    for ch in text:
-        if not ch.isdigit():
-            break
-        digits += ch
-    return int(digits or 0)
-
-
-def cluster_features(major: str, minor: str, policy_versions: list[str], git_version: str = "") -> ClusterFeatures:
-    """Features from /version (major "1", minor "24+"); builds without them fall back to gitVersion "v1.24.3"."""
-    if not major and git_version.startswith("v"):
-        major, _, rest = git_version[1:].partition(".")
-        minor = rest.partition(".")[0]
-    newer = _leading_int(major) > 1 or (_leading_int(major) == 1 and _leading_int(minor) >= 24)
-    return ClusterFeatures(
-        grpc_probe=newer,
-        pdb_api_version="policy/v1" if "v1" in policy_versions else "policy/v1beta1",
-    )
 
 
 def owned_labels(spec: MoESpec, component: str, group: str | None = None) -> dict[str, str]:
@@ -68,7 +42,7 @@ def selector_labels(spec: MoESpec, component: str, group: str | None = None) -> 
 
 
 def expert_service_name(spec: MoESpec, group: ExpertGroup) -> str:
-    return f"{spec.name}-experts-{group.name}"
+    return expert_object_name(spec.name, group)
 
 
 def topology_document(spec: MoESpec) -> dict[str, Any]:
@@ -98,42 +72,6 @@ def model_location(spec: MoESpec) -> tuple[str, list[dict], list[dict]]:
     mount = f"{MODELS_DIR}/{claim}"
     volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
     return (f"{mount}/{path}" if path else mount), [volume], [{"name": "model", "mountPath": mount, "readOnly": True}]
-
-
-def _container_security(uid: int) -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": uid,
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-    }
-
-
-def _pod_spec(spec: MoESpec, placement: PodPlacement | None, container: dict[str, Any],
-              volumes: list[dict], uid: int = RUN_AS_USER) -> dict[str, Any]:
-    """Non-root, read-only root filesystem; /tmp is a writable emptyDir (caches, HF downloads)."""
-    container = {
-        **container,
-        "securityContext": _container_security(uid),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *container.get("volumeMounts", [])],
-    }
-    if spec.image_pull_policy and container["image"] == spec.image:
-        container["imagePullPolicy"] = spec.image_pull_policy
-    pod: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
-    }
-    if placement is not None:
-        if placement.resources:
-            container["resources"] = placement.resources
-        if placement.node_selector:
-            pod["nodeSelector"] = placement.node_selector
-        if placement.tolerations:
-            pod["tolerations"] = placement.tolerations
-    return pod
 
 
 def _deployment(spec: MoESpec, name: str, component: str, group: str | None, replicas: int,
@@ -182,10 +120,6 @@ def _pdb(spec: MoESpec, name: str, component: str, group: str | None, features: 
     }
 
 
-def _grpc_readiness(port: int) -> dict[str, Any]:
-    return {"grpc": {"port": port}, "initialDelaySeconds": 5, "periodSeconds": 5, "failureThreshold": 3}
-
-
 def _redis_args(spec: MoESpec) -> list[str]:
     return ["--redis", spec.redis_url] if spec.redis_url else []
 
@@ -200,13 +134,13 @@ def expert_command(spec: MoESpec, group: ExpertGroup) -> list[str]:
 
 def gateway_command(spec: MoESpec) -> list[str]:
     model, _, _ = model_location(spec)
-    return ["eaas", "gateway", "--model", model, "--topology", f"{TOPOLOGY_DIR}/{TOPOLOGY_KEY}",
+    return ["eaas", "gateway", "--model", model, "--topology", f"{TOPOLOGY_DIR}/{TOPOLOGY_KEY}", "--watch-endpoints",
             "--grpc-port", str(GATEWAY_GRPC_PORT), "--http-port", str(GATEWAY_HTTP_PORT),
             "--deployment", spec.name, *_redis_args(spec)]
 
 
 def _eaas_container(spec: MoESpec, name: str, command: list[str], ports: dict[str, int],
-                    grpc_port: int, extra_mounts: list[dict]) -> dict[str, Any]:
+                    placement: PodPlacement, probe_check: dict[str, Any], extra_mounts: list[dict]) -> dict[str, Any]:
     _, _, model_mounts = model_location(spec)
     return {
         "name": name,
@@ -214,11 +148,11 @@ def _eaas_container(spec: MoESpec, name: str, command: list[str], ports: dict[st
         "command": command,
         "env": [{"name": "HF_HOME", "value": "/tmp/huggingface"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
                 {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                # torch's OpenMP threads = the CPU limit (rounded up): more threads than cores make it spin
-                {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu",
-                                                                                 "divisor": "1"}}}],
+                # torch's OpenMP threads = the CPU the container may use: more threads than cores make it spin
+                omp_threads_env(placement.resources)],
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports.items()],
-        "readinessProbe": _grpc_readiness(grpc_port),
+        **probes(probe_check),
+        "lifecycle": graceful_shutdown(),
         "volumeMounts": [*model_mounts, *extra_mounts],
     }
 
@@ -236,7 +170,9 @@ def topology_configmap(spec: MoESpec) -> dict[str, Any]:
 def gateway_manifests(spec: MoESpec, features: ClusterFeatures) -> list[dict[str, Any]]:
     name = f"{spec.name}-gateway"
     ports = {"grpc": GATEWAY_GRPC_PORT, "http": GATEWAY_HTTP_PORT}
-    container = _eaas_container(spec, "gateway", gateway_command(spec), ports, GATEWAY_GRPC_PORT,
+    # The HTTP port opens after the gRPC port: /health answering means both serve, on every version.
+    container = _eaas_container(spec, "gateway", gateway_command(spec), ports, spec.gateway,
+                                http_health_check(GATEWAY_HTTP_PORT),
                                 [{"name": "topology", "mountPath": TOPOLOGY_DIR, "readOnly": True}])
     _, model_volumes, _ = model_location(spec)
     volumes = [{"name": "topology", "configMap": {"name": f"{spec.name}-topology"}}, *model_volumes]
@@ -244,8 +180,9 @@ def gateway_manifests(spec: MoESpec, features: ClusterFeatures) -> list[dict[str
     topology_hash = hashlib.sha256(topology_json(spec).encode()).hexdigest()[:16]
     annotations = {"eaas.dev/topology-hash": topology_hash, "prometheus.io/scrape": "true",
                    "prometheus.io/port": str(GATEWAY_HTTP_PORT)}
-    pod = _pod_spec(spec, spec.gateway, container, volumes)
+    pod = pod_spec(spec, spec.gateway, container, volumes, service_account=gateway_account_name(spec))
     return [
+        *gateway_access_manifests(spec, owned_labels(spec, "gateway")),
         _deployment(spec, name, "gateway", None, spec.gateway_replicas, pod, annotations),
         _service(spec, name, "gateway", None, ports),
         _pdb(spec, name, "gateway", None, features),
@@ -256,15 +193,16 @@ def expert_group_manifests(spec: MoESpec, group: ExpertGroup, replicas: int,
                            features: ClusterFeatures) -> list[dict[str, Any]]:
     name = expert_service_name(spec, group)
     ports = {"grpc": EXPERT_GRPC_PORT, "metrics": EXPERT_METRICS_PORT}
-    container = _eaas_container(spec, "expert-server", expert_command(spec, group), ports, EXPERT_GRPC_PORT, [])
+    container = _eaas_container(spec, "expert-server", expert_command(spec, group), ports, spec.experts,
+                                serving_check(EXPERT_GRPC_PORT, features), [])
     _, model_volumes, _ = model_location(spec)
     annotations = {"eaas.dev/experts": format_expert_ids(group.experts), "prometheus.io/scrape": "true",
                    "prometheus.io/port": str(EXPERT_METRICS_PORT)}
-    pod = _pod_spec(spec, spec.experts, container, model_volumes)
+    pod = pod_spec(spec, spec.experts, container, model_volumes)
     return [
-        _deployment(spec, name, "expert-group", group.name, replicas, pod, annotations),
-        _service(spec, name, "expert-group", group.name, ports, headless=True),
-        _pdb(spec, name, "expert-group", group.name, features),
+        _deployment(spec, name, "expert-group", group_label(group), replicas, pod, annotations),
+        _service(spec, name, "expert-group", group_label(group), ports, headless=True),
+        _pdb(spec, name, "expert-group", group_label(group), features),
     ]
 
 
@@ -277,36 +215,22 @@ def redis_manifests(spec: MoESpec) -> list[dict[str, Any]]:
         "command": ["redis-server", "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no",
                     "--dir", "/data", "--protected-mode", "no"],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 5},
+        **probes({"tcpSocket": {"port": REDIS_PORT}}),
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }
-    pod = _pod_spec(spec, None, container, [{"name": "data", "emptyDir": {}}], uid=REDIS_UID)
+    pod = pod_spec(spec, None, container, [{"name": "data", "emptyDir": {}}], uid=REDIS_UID)
     return [
         _deployment(spec, name, "redis", None, 1, pod),
         _service(spec, name, "redis", None, {"redis": REDIS_PORT}),
     ]
 
 
-def without_grpc_probes(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest minus native gRPC probes, for API servers older than 1.24 that reject the field."""
-    if manifest.get("kind") != "Deployment":
-        return manifest
-    clone = json.loads(json.dumps(manifest))
-    for container in clone["spec"]["template"]["spec"]["containers"]:
-        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            if "grpc" in container.get(probe, {}):
-                del container[probe]
-    return clone
-
-
 def desired_manifests(spec: MoESpec, replicas: dict[str, int], features: ClusterFeatures) -> list[dict[str, Any]]:
-    """Every child object of the MoEDeployment; `replicas` maps group name -> replicas (default minReplicas)."""
+    """Every child object of the MoEDeployment; `replicas` maps group name -> replicas (see group_replicas)."""
     manifests = [topology_configmap(spec), *gateway_manifests(spec, features)]
+    counts = group_replicas(spec, replicas)
     for group in spec.groups:
-        count = min(max(replicas.get(group.name, spec.min_replicas), spec.min_replicas), spec.max_replicas)
-        manifests += expert_group_manifests(spec, group, count, features)
+        manifests += expert_group_manifests(spec, group, counts[group.name], features)
     if spec.redis_managed:
         manifests += redis_manifests(spec)
-    if not features.grpc_probe:
-        manifests = [without_grpc_probes(m) for m in manifests]
     return manifests

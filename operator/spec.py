@@ -46,6 +46,7 @@ class Autoscaling:
     scale_down_stabilization_seconds: int = 300
     interval_seconds: int = 15
     load_windows: int = 3
+    policy: str = "reactive"  # or "predictive": decide on max(load now, forecast) (operator/forecast.py)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,17 @@ class MoESpec:
         return self.redis_external_url
 
 
+def group_label(group: ExpertGroup) -> str:
+    """A group's identity in object names and labels: its expert range ('e0-3'), not its index, so that
+    a re-shaped layout's groups never share a name or a selector with the layout they replace."""
+    return f"e{group.experts[0]}-{group.experts[-1]}"
+
+
+def expert_object_name(deployment: str, group: ExpertGroup) -> str:
+    """Name of the group's Deployment, headless Service and PodDisruptionBudget."""
+    return f"{deployment}-experts-{group_label(group)}"
+
+
 def _quantities(resources: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Quantities as strings: server-side apply rejects `nvidia.com/gpu: 1` (an int) in a Pod spec."""
     return {kind: {name: str(value) for name, value in (amounts or {}).items()}
@@ -94,8 +106,10 @@ def _placement(raw: dict[str, Any]) -> PodPlacement:
     )
 
 
-def parse_spec(name: str, namespace: str, spec: dict[str, Any]) -> MoESpec:
-    """Typed spec with defaults applied; raises SpecError for rules the CRD schema cannot express."""
+def parse_spec(name: str, namespace: str, spec: dict[str, Any], default_redis_image: str = DEFAULT_REDIS_IMAGE
+               ) -> MoESpec:
+    """Typed spec with defaults applied; raises SpecError for rules the CRD schema cannot express.
+    `default_redis_image`: the operator's --redis-image, for a managed Redis the spec names no image of."""
     model = spec.get("model") or {}
     experts = spec.get("experts") or {}
     gateway = spec.get("gateway") or {}
@@ -118,7 +132,7 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any]) -> MoESpec:
         experts=_placement(experts),
         redis_managed=bool(mempool.get("managed", False)),
         redis_external_url=(mempool.get("redis") or {}).get("url"),
-        redis_image=str(mempool.get("redisImage", DEFAULT_REDIS_IMAGE)),
+        redis_image=str(mempool.get("redisImage") or default_redis_image),
         autoscaling=Autoscaling(
             enabled=bool(scaling.get("enabled", defaults.enabled)),
             target_tokens_per_second_per_replica=float(
@@ -129,10 +143,19 @@ def parse_spec(name: str, namespace: str, spec: dict[str, Any]) -> MoESpec:
                 scaling.get("scaleDownStabilizationSeconds", defaults.scale_down_stabilization_seconds)),
             interval_seconds=int(scaling.get("intervalSeconds", defaults.interval_seconds)),
             load_windows=int(scaling.get("loadWindows", defaults.load_windows)),
+            policy=str(scaling.get("policy", defaults.policy)),
         ),
     )
     check_spec(parsed)
     return parsed
+
+
+def redis_url_of(name: str, namespace: str, spec: dict[str, Any]) -> str | None:
+    """The Redis the pods use, also for a spec the operator rejected (its keys still need deleting)."""
+    try:
+        return parse_spec(name, namespace, spec).redis_url
+    except SpecError:
+        return ((spec.get("memPool") or {}).get("redis") or {}).get("url")
 
 
 def check_spec(spec: MoESpec) -> None:
@@ -148,7 +171,9 @@ def check_spec(spec: MoESpec) -> None:
         raise SpecError("memPool: set either redis.url or managed: true, not both")
     if spec.autoscaling.target_tokens_per_second_per_replica <= 0:
         raise SpecError("autoscaling.targetTokensPerSecondPerReplica must be > 0")
-    longest = f"{spec.name}-experts-{spec.groups[-1].name}"
+    if spec.autoscaling.policy not in ("reactive", "predictive"):
+        raise SpecError(f"autoscaling.policy must be reactive or predictive, got {spec.autoscaling.policy!r}")
+    longest = max((expert_object_name(spec.name, g) for g in spec.groups), key=len)
     if len(longest) > MAX_SERVICE_NAME:
         raise SpecError(f"name too long: service {longest!r} would exceed {MAX_SERVICE_NAME} characters; "
                         f"shorten metadata.name or raise experts.expertsPerReplica")

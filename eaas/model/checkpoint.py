@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -44,6 +45,37 @@ def resolve_model_uri(uri: str | Path) -> Path:
         raise UserError(f"cannot fetch {text}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
+def unreadable_reason(path: Path) -> str | None:
+    """Why this process cannot read `path` (missing, permission, I/O error), or None when it can.
+
+    safetensors reports every open failure as "No such file or directory": ask the OS first so that a
+    checkpoint the pod's user cannot read (mode 0600, another owner) is reported as what it is."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except PermissionError:
+        try:
+            st = path.stat()
+            owner = f"mode {st.st_mode & 0o777:04o}, owner uid {st.st_uid} gid {st.st_gid}"
+        except OSError:
+            owner = "its folder is not searchable"
+        return f"cannot read {path}: permission denied ({owner}; this process runs as uid {os.getuid()} " \
+               f"gid {os.getgid()})"
+    except IsADirectoryError:
+        return f"{path} is a directory, not a file"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
+def _require_readable(path: Path) -> None:
+    reason = unreadable_reason(path)
+    if reason:
+        raise UserError(reason)
+
+
 class Checkpoint:
     """Index of one checkpoint directory; tensors are read lazily by key."""
 
@@ -54,6 +86,7 @@ class Checkpoint:
         config_file = self.path / "config.json"
         if not config_file.is_file():
             raise UserError(f"{self.path}: no config.json (not an HF checkpoint directory)")
+        _require_readable(config_file)
         try:
             self.raw_config = json.loads(config_file.read_text())
         except json.JSONDecodeError as exc:
@@ -73,18 +106,24 @@ class Checkpoint:
     def _shard_files(self) -> list[Path]:
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
+            _require_readable(index)
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError) as exc:
                 raise UserError(f"{index}: not a safetensors index ({exc})") from None
             files = sorted({self.path / f for f in weight_map.values()})
         else:
-            files = sorted(self.path.glob("*.safetensors"))
+            try:
+                files = sorted(f for f in self.path.iterdir() if f.name.endswith(".safetensors"))
+            except PermissionError:
+                raise UserError(f"cannot list {self.path}: permission denied (this process runs as uid "
+                                f"{os.getuid()})") from None
         if not files:
             raise UserError(f"{self.path}: no *.safetensors weights found")
         for f in files:
             if not f.is_file():
                 raise UserError(f"{self.path}: shard {f.name} listed in the index is missing")
+            _require_readable(f)
         return files
 
     def _index_tensors(self) -> dict[str, Path]:

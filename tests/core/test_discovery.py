@@ -62,3 +62,31 @@ def test_load_statistics_are_the_difference_of_cumulative_counts():
     assert routed_since([], [3, 0, 5]) == {0: 3, 2: 5}
     assert routed_since([3, 0, 5], [4, 0, 5, 2]) == {0: 1, 3: 2}  # a new expert id appears
     assert routed_since([4, 0, 5, 2], [4, 0, 5, 2]) == {}
+
+
+def endpoints(name: str, ready: list[str], not_ready: list[str] = (), port: int = 50051) -> dict:
+    subset = {"ports": [{"name": "grpc", "port": port, "protocol": "TCP"}, {"name": "metrics", "port": 9090}]}
+    if ready:
+        subset["addresses"] = [{"ip": ip} for ip in ready]
+    if not_ready:
+        subset["notReadyAddresses"] = [{"ip": ip} for ip in not_ready]
+    return {"metadata": {"name": name}, "subsets": [subset] if ready or not_ready else []}
+
+
+def test_endpoints_events_make_the_table_of_ready_replicas():
+    from eaas.gateway.discovery import apply_endpoints_event, groups_from_endpoints
+
+    topo = {"groups": [{"name": "g0", "experts": [0, 1], "service": "mix-experts-g0", "port": 50051},
+                       {"name": "g1", "experts": [2, 3], "service": "mix-experts-g1", "port": 50051}]}
+    table = apply_endpoints_event({}, "ADDED", endpoints("mix-experts-g0", ["10.1.0.9", "10.1.0.2"], ["10.1.0.4"]))
+    table = apply_endpoints_event(table, "ADDED", endpoints("other-service", ["10.9.9.9"]))
+    assert groups_from_endpoints(topo, table) == [
+        GroupSpec((0, 1), ("10.1.0.2:50051", "10.1.0.9:50051"), "g0"), GroupSpec((2, 3), (), "g1")]
+    # the not-ready replica passes its probe: it joins; a deleted pod leaves the addresses at once
+    table = apply_endpoints_event(table, "MODIFIED", endpoints("mix-experts-g0", ["10.1.0.4", "10.1.0.2"]))
+    table = apply_endpoints_event(table, "ADDED", endpoints("mix-experts-g1", ["10.1.0.7"]))
+    assert groups_from_endpoints(topo, table) == [
+        GroupSpec((0, 1), ("10.1.0.2:50051", "10.1.0.4:50051"), "g0"), GroupSpec((2, 3), ("10.1.0.7:50051",), "g1")]
+    assert usable(groups_from_endpoints(topo, table), 4)
+    table = apply_endpoints_event(table, "DELETED", endpoints("mix-experts-g1", []))
+    assert groups_from_endpoints(topo, table)[1].addresses == ()

@@ -52,7 +52,8 @@ def _operator_command(docs: list[dict]) -> list[str]:
 def test_watched_namespaces_get_roles_and_operator_flags():
     docs = rendered("--set", "watch.namespaces={team-a,team-b}")
     assert _operator_command(docs) == ["eaas", "operator", "--standalone", "--namespace=team-a",
-                                       "--namespace=team-b", "--liveness=http://0.0.0.0:8080/healthz"]
+                                       "--namespace=team-b", "--liveness=http://0.0.0.0:8080/healthz",
+                                       "--redis-image=redis:7.2-alpine"]
     assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == ["team-a", "team-b"]
     default = rendered()
     assert "--namespace=eaas-system" in _operator_command(default)
@@ -83,3 +84,15 @@ def test_example_moedeployment_parses_with_the_operator():
     example = yaml.safe_load((CHART / "examples/moedeployment.yaml").read_text())
     moe = parse_spec(example["metadata"]["name"], "default", example["spec"])
     assert [g.name for g in moe.groups] == ["g0", "g1", "g2", "g3"]
+
+
+def test_default_image_is_the_one_the_readme_builds_and_redis_image_is_a_value():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    deployment = next(d for d in rendered() if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"eaas:{chart['appVersion']}"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    readme = (REPO / "README.md").read_text()
+    assert f"eaas:{chart['appVersion']}" in readme  # the README says how to build that name
+    own = next(d for d in rendered("--set", "managedRedis.image=eaas-redis:0.1.0") if d["kind"] == "Deployment")
+    assert "--redis-image=eaas-redis:0.1.0" in own["spec"]["template"]["spec"]["containers"][0]["command"]

@@ -15,13 +15,14 @@ from servers import free_port_run
 
 
 class UpFleet:
-    def __init__(self, model_dir, experts_per_server=4, replicas=2, gateways=1, extra=()):
+    def __init__(self, model_dir, experts_per_server=4, replicas=2, gateways=1, extra=(), default_ports=False):
+        """default_ports: let `eaas up` choose every port, as a user who passes no port flag does."""
         base = free_port_run(32)
-        self.grpc_ports = [base + 20 + i for i in range(gateways)]
+        ports = [] if default_ports else ["--expert-base-port", str(base), "--grpc-port", str(base + 20),
+                                          "--http-port", str(base + 25)]
         argv = [sys.executable, "-P", "-m", "eaas.cli", "up", "--model", str(model_dir),
                 "--experts-per-server", str(experts_per_server), "--expert-replicas", str(replicas),
-                "--gateways", str(gateways), "--expert-base-port", str(base), "--grpc-port", str(base + 20),
-                "--http-port", str(base + 25), *extra]
+                "--gateways", str(gateways), *ports, *extra]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: list[str] = []
@@ -35,8 +36,10 @@ class UpFleet:
                 break
         else:
             raise RuntimeError("eaas up not ready:\n" + "".join(self.lines))
-        self.gateways = [f"127.0.0.1:{p}" for p in self.grpc_ports]
-        self.http = f"http://127.0.0.1:{base + 25}"
+        # the addresses `eaas up` printed: "  gateway-0: grpc 127.0.0.1:P  http http://127.0.0.1:Q/v1"
+        printed = [re.match(r"\s+gateway-\d+: grpc (\S+)\s+http (\S+)/v1", line) for line in self.lines]
+        self.gateways = [m.group(1) for m in printed if m]
+        self.http = next(m.group(2) for m in printed if m)
 
     def expert_addresses(self) -> dict[str, list[str]]:
         """group name -> replica addresses, read off `eaas up`'s own output."""

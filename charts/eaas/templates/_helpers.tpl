@@ -56,4 +56,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, create, patch, delete]
+# A re-shaped layout's old groups go only after the old gateway pods have drained (list pods).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+# The gateways' API access: a ServiceAccount, and a Role + RoleBinding that let it watch Endpoints.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [list, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [list, create, patch, delete]
+# RBAC lets the operator grant only what it holds itself (no escalate/bind): the gateways' Endpoints rights.
+- apiGroups: [""]
+  resources: [endpoints]
+  verbs: [get, list, watch]
 {{- end -}}

@@ -1,0 +1,74 @@
+"""`eaas plan`'s targets, one run: 24 h of BurstGPT-shaped traffic on a DeepSeek-V3-shaped deployment.
+
+Prints, for the CLI's defaults (plus any `eaas plan` flags given):
+- wall time of the replay (target: 24 h simulates in < 60 s; `eaas plan` replays 4 times: the ample
+  pass that sizes static, then static, reactive, predictive);
+- replica-seconds / static and tokens within the SLO per policy (targets: reactive <= 0.70, predictive
+  <= 0.60 at >= 99%; predictive fewer SLO-violating tokens than reactive at no more cost);
+- served tokens lost to 1 replica failure per minute, per policy (target < 2%);
+- co-hot (ExFlow-style) vs contiguous placement: RPCs per step and replica-seconds, reactive.
+
+    .venv/bin/python -P benchmarks/plan_targets.py [eaas plan flags, e.g. --hours 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+
+def main() -> int:
+    from eaas.plan import cli
+    from eaas.plan.planner import run_plan, summary
+    from eaas.plan.simulator import Faults
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.configure(parser)
+    args = parser.parse_args(sys.argv[1:])
+    scenario = cli.build_scenario(args)
+    started = time.perf_counter()
+    base = run_plan(scenario)
+    elapsed = time.perf_counter() - started
+    table = summary(base)
+    dep = scenario.deployment
+    print(f"{len(scenario.trace)} requests over {scenario.trace.duration_s / 3600:.1f} h; {dep.experts} experts top-"
+          f"{dep.top_k} x {dep.moe_layers} layers, {len(base.static_replicas)} groups, {dep.gateways} gateways; "
+          f"SLO {scenario.slo_itl_s * 1e3:.0f} ms; target {base.target_per_replica:.0f} pairs/s per replica")
+    print(f"replay wall time: {elapsed:.1f} s for 4 replays of {scenario.trace.duration_s / 3600:.1f} h "
+          f"({elapsed / 4:.1f} s per replay; target < 60 s)")
+    print(f"{'policy':<11}{'ratio':>7}{'SLO ok':>9}{'violating tokens':>18}{'ITL p99':>9}{'TTFT p99':>10}{'failed':>8}")
+    for name, row in table.items():
+        print(f"{name:<11}{row['ratio']:>7.3f}{row['slo_attainment'] * 100:>8.2f}%{row['slo_violating_tokens']:>18,}"
+              f"{row['itl_p99_s']:>8.2f}s{row['ttft_p99_s']:>9.1f}s{row['failed_requests']:>8}")
+    r, p = table["reactive"], table["predictive"]
+    print(f"targets: reactive ratio <= 0.70 at >= 99%: {r['ratio'] <= 0.70 and r['slo_attainment'] >= 0.99}; "
+          f"predictive <= 0.60 at >= 99%: {p['ratio'] <= 0.60 and p['slo_attainment'] >= 0.99}; "
+          f"predictive fewer violating tokens at no more cost: "
+          f"{p['slo_violating_tokens'] < r['slo_violating_tokens'] and p['ratio'] <= r['ratio']}")
+
+    faulty = run_plan(dataclasses.replace(scenario, faults=Faults(1.0, scenario.faults.request_timeout_s, 1)),
+                      ample=base.ample)
+    print("1 replica failure per minute (replaced after the start-up delay):")
+    for name, o in faulty.outcomes.items():
+        clean = base.outcomes[name]
+        lost = 1 - o.served_tokens / clean.served_tokens
+        lost_good = 1 - o.good_tokens / clean.good_tokens
+        print(f"  {name:<11} served tokens lost {lost * 100:6.3f}%  within-SLO tokens lost {lost_good * 100:6.3f}%  "
+              f"failed requests {o.failed_requests}  (target < 2%)")
+
+    cohot = run_plan(dataclasses.replace(scenario, placement="cohot"), ("reactive",))
+    contiguous = base if scenario.placement == "contiguous" else run_plan(
+        dataclasses.replace(scenario, placement="contiguous"), ("reactive",))
+    c, h = contiguous.outcomes["reactive"], cohot.outcomes["reactive"]
+    print(f"placement (reactive): contiguous {c.replica_seconds / c.duration_s:.1f} replicas, "
+          f"{contiguous.rpcs_per_step:.0f} RPCs/step, SLO {c.slo_attainment * 100:.2f}%; co-hot "
+          f"{h.replica_seconds / h.duration_s:.1f} replicas, {cohot.rpcs_per_step:.0f} RPCs/step, "
+          f"SLO {h.slo_attainment * 100:.2f}%; replica-seconds saved {(1 - h.replica_seconds / c.replica_seconds) * 100:.1f}%, "
+          f"static sizes {contiguous.static_replicas.sum()} vs {cohot.static_replicas.sum()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""`eaas plan`: a trace-replay capacity planner that steps the operator's own autoscaler (docs/planner.md)."""

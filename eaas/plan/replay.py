@@ -1,0 +1,68 @@
+"""Replay a trace against running gateways (gRPC), each request at its arrival time, recording token times.
+
+Used to validate the simulator against a real `eaas up` (benchmarks/plan_validation.py). Prompts are
+synthetic token ids of the trace's prompt length; every request decodes exactly its response length
+(ignore_eos), so measured and simulated runs serve the same tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from eaas.client import SyncClient
+from eaas.plan.trace import Trace
+
+
+@dataclass
+class ReplayResult:
+    start: float                      # perf_counter at the trace's time 0
+    token_times: list[list[float]]    # per request: seconds since start of each token
+    errors: list[str]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(t) for t in self.token_times)
+
+    @property
+    def last_token_s(self) -> float:
+        return max((t[-1] for t in self.token_times if t), default=0.0)
+
+    def throughput(self) -> float:
+        return self.tokens / self.last_token_s if self.last_token_s else 0.0
+
+    def itl_quantile(self, q: float) -> float:
+        gaps = np.concatenate([np.diff(t) for t in self.token_times if len(t) > 1] or [np.zeros(0)])
+        return float(np.quantile(gaps, q)) if len(gaps) else 0.0
+
+
+def replay(trace: Trace, gateways: list[str], vocab: int = 250, timeout_s: float = 300.0) -> ReplayResult:
+    times: list[list[float]] = [[] for _ in range(len(trace))]
+    errors: list[str] = []
+    start = time.perf_counter() + 0.5
+
+    def run(i: int) -> None:
+        prompt = [(i * 31 + j * 7) % vocab + 1 for j in range(max(1, int(trace.prompt_tokens[i])))]
+        try:
+            with SyncClient(gateways, timeout=timeout_s) as client:
+                for chunk in client.generate_stream(prompt_ids=prompt, max_tokens=int(trace.response_tokens[i]),
+                                                    ignore_eos=True, temperature=0.0):
+                    now = time.perf_counter() - start
+                    times[i].extend([now] * len(chunk.token_ids))
+        except Exception as exc:  # reported by the caller
+            errors.append(f"request {i}: {exc!r}")
+
+    threads = []
+    for i, at in enumerate(trace.arrival_s.tolist()):
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        thread = threading.Thread(target=run, args=(i,), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(timeout_s)
+    return ReplayResult(start, times, errors)

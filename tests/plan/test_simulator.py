@@ -1,0 +1,94 @@
+"""Simulator sanity: ample capacity meets the SLO, removed capacity breaks it, the autoscaler follows load,
+failures of a group's only replica fail requests, and the load windows count what was served."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from eaas.operator.autoscale import ScalingPolicy
+from eaas.plan.placement import contiguous_placement, group_shares
+from eaas.plan.policies import ReactivePolicy, StaticPolicy
+from eaas.plan.popularity import skewed_popularity
+from eaas.plan.simulator import Autoscaling, Deployment, Faults, simulate, step_seconds
+from eaas.plan.trace import Trace
+
+DEP = Deployment(experts=16, top_k=2, moe_layers=4, experts_per_group=4, gateways=2, max_batch_per_gateway=64,
+                 min_replicas=1, max_replicas=16, startup_s=30.0)
+SLO = 0.05
+
+
+def steady_trace(rate_per_s: float, seconds: int, response: int = 50) -> Trace:
+    n = int(rate_per_s * seconds)
+    arrival = np.arange(n) / rate_per_s
+    return Trace(arrival, np.full(n, 20), np.full(n, response))
+
+
+def shares(minutes: int) -> np.ndarray:
+    popularity = skewed_popularity(DEP.experts, minutes, seed=1)
+    return group_shares(popularity.shares, contiguous_placement(DEP.experts, DEP.experts_per_group))
+
+
+def run(trace, replicas, policy=None, faults=Faults(), profile=None, seconds=None):
+    initial = np.full(4, replicas)
+    return simulate(trace, policy or StaticPolicy(initial), initial, shares(60), DEP, Autoscaling(1000.0),
+                    profile, SLO, faults, duration_s=seconds)
+
+
+def test_static_with_ample_capacity_serves_every_token_within_the_slo(profile):
+    trace = steady_trace(20, 600)
+    out = run(trace, 16, profile=profile, seconds=700)
+    assert out.served_tokens == pytest.approx(trace.response_tokens.sum())
+    assert out.slo_attainment == 1.0 and out.failed_requests == 0
+    assert out.replica_seconds == 4 * 16 * 700
+    assert out.itl_p99_s < SLO
+
+
+def test_removing_capacity_breaks_the_slo_and_stretches_ttft(profile):
+    # 8 gateways with full batches: one replica per group gets ~400-pair RPCs (4.5 ms), eight get ~50 (1 ms)
+    dep = replace(DEP, gateways=8)
+    trace = steady_trace(60, 300, response=500)
+    ample, starved = (simulate(trace, StaticPolicy(np.full(4, r)), np.full(4, r), shares(60), dep,
+                               Autoscaling(1000.0), profile, 0.015, duration_s=600) for r in (8, 1))
+    assert ample.slo_attainment == 1.0
+    assert starved.slo_attainment < 0.5
+    assert starved.itl_p99_s > 2 * ample.itl_p99_s
+    assert starved.ttft_p99_s > ample.ttft_p99_s
+
+
+def test_a_step_waits_for_the_busiest_groups_replicas(profile):
+    share = np.array([0.7, 0.1, 0.1, 0.1])
+    one = step_seconds(64, share, np.array([1, 1, 1, 1]), DEP, profile)
+    more = step_seconds(64, share, np.array([2, 1, 1, 1]), DEP, profile)
+    cold = step_seconds(64, share, np.array([1, 2, 2, 2]), DEP, profile)
+    assert more < one and cold == one
+    assert step_seconds(64, share, np.array([1, 0, 1, 1]), DEP, profile) == float("inf")
+
+
+def test_reactive_autoscaler_adds_replicas_when_load_rises_and_removes_them_after_the_window(profile):
+    busy = steady_trace(60, 600)
+    trace = Trace(busy.arrival_s + 300, busy.prompt_tokens, busy.response_tokens)  # quiet, busy, quiet
+    policy = ReactivePolicy(ScalingPolicy(target_per_replica=2000.0, min_replicas=1, max_replicas=16,
+                                          scale_down_window=120.0))
+    out = simulate(trace, policy, np.ones(4, dtype=int), shares(60), DEP, Autoscaling(2000.0, scale_down_window_s=120),
+                   profile, SLO, duration_s=1800)
+    total = out.minute_replicas.sum(axis=1)
+    assert total[2] == 4                      # quiet: every group at minReplicas
+    assert total[10] > 8                      # busy: scaled up
+    assert total[-1] == 4                     # quiet again, after the scale-down window
+    load = out.window_loads.sum(axis=1)       # served (token, expert) pairs per 10 s window
+    served_pairs = (out.served_tokens + trace.prompt_tokens.sum()) * DEP.top_k * DEP.moe_layers
+    assert load.sum() == pytest.approx(served_pairs, rel=1e-6)
+
+
+def test_failures_of_a_groups_only_replica_fail_requests_and_redundancy_mostly_avoids_it(profile):
+    trace = steady_trace(5, 900, response=1000)  # ~7 s each: requests are in flight when a group dies
+    single = run(trace, 1, faults=Faults(failures_per_minute=2.0, request_timeout_s=10.0, seed=3), profile=profile,
+                 seconds=1000)
+    double = run(trace, 2, faults=Faults(failures_per_minute=2.0, request_timeout_s=10.0, seed=3), profile=profile,
+                 seconds=1000)
+    assert single.failed_requests > 0
+    assert double.failed_requests < single.failed_requests / 4  # both replicas down together is rarer
+    assert double.served_tokens > single.served_tokens
