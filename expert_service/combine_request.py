@@ -25,7 +25,6 @@ class CombineJob:
     hidden: torch.Tensor      # [T, D]
     expert_ids: torch.Tensor  # [T, k] int32
     weights: torch.Tensor     # [T, k]
-    request_id: str = ""
 
     @property
     def tokens(self) -> int:
@@ -76,4 +75,4 @@ def decode_combine(req: expert_pb2.CombineRequest, served: ServedExperts) -> Com
                             f"0..{served.num_experts - 1} (use -1 for none)")
         raise WireError(f"experts {format_expert_ids(foreign)} are not held by this server "
                         f"(it holds {format_expert_ids(served.expert_ids)})")
-    return CombineJob(req.layer, hidden, ids, weights, req.request_id)
+    return CombineJob(req.layer, hidden, ids, weights)

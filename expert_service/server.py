@@ -61,7 +61,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         self.max_inflight = max_inflight
         self.inflight = 0  # touched only on the event loop
         self.draining = False
-        self._replies: set[asyncio.Future] = set()  # admitted calls whose reply is not yet handed to gRPC core
+        self._replies: set[asyncio.Future] = set()  # admitted calls whose reply batch has not completed
 
     async def Combine(self, request, context):
         if self.draining:
@@ -71,7 +71,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             job = decode_combine(request, self.served)
         except WireError as exc:
             self.metrics.requests.labels("INVALID_ARGUMENT").inc()
-            log_event(log, "bad_request", logging.WARNING, request_id=request.request_id, error=exc)
+            log_event(log, "bad_request", logging.WARNING, layer=request.layer, peer=context.peer(), error=exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self.inflight >= self.max_inflight:
             self.metrics.requests.labels("RESOURCE_EXHAUSTED").inc()
@@ -96,7 +96,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         return self.info
 
     def _track_reply(self, context) -> None:
-        """Resolve a future once the call ends: its reply batch completed, i.e. every byte is in the socket."""
+        """Resolve a future once the call ends: its reply batch completed (gRPC core wrote every byte)."""
         sent = asyncio.get_running_loop().create_future()
         self._replies.add(sent)
 
@@ -109,11 +109,12 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 
     @property
     def unsent(self) -> int:
-        """Admitted calls whose reply is not yet handed to gRPC core."""
+        """Admitted calls whose reply batch has not completed."""
         return len(self._replies)
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new Combine calls; wait (up to `timeout`) until every admitted call's reply is sent."""
+        """Refuse new Combine calls (UNAVAILABLE: the gateway retries another replica); wait up to `timeout`
+        until every admitted call's reply batch completed."""
         self.draining = True
         if self._replies:
             await asyncio.wait(set(self._replies), timeout=timeout)

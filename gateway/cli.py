@@ -74,8 +74,5 @@ def run(args) -> int:
         from eaas.gateway.discovery import parse_expert_servers
 
         parse_expert_servers(opts.expert_servers)  # a bad spec fails now, with one line
-    try:
-        asyncio.run(Gateway(opts).serve())
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from None
+    asyncio.run(Gateway(opts).serve())  # UserError: one line (eaas/cli.py); anything else: a traceback, exit 1
     return 0

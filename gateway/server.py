@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from eaas.engine.factory import engine_with_backend, load_tokenizer
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
+from eaas.errors import UserError
 from eaas.gateway import discovery
 from eaas.gateway.engine_service import EngineService
 from eaas.gateway.grpc_api import GatewayServicer
@@ -108,7 +109,7 @@ class Gateway:
                 return groups
             if asyncio.get_running_loop().time() > deadline:
                 have = sorted({e for g in groups if g.addresses for e in g.expert_ids})
-                raise RuntimeError(f"no expert replicas for every expert after {timeout_s:.0f}s "
+                raise UserError(f"no expert replicas for every expert after {timeout_s:.0f}s "
                                    f"(have experts {format_expert_ids(have) or 'none'} of 0-{self.num_experts - 1})")
             await asyncio.sleep(0.5)
 
@@ -193,7 +194,10 @@ class Gateway:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([GATEWAY_SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
-        grpc_port = server.add_insecure_port(f"{o.host}:{o.grpc_port}")
+        try:
+            grpc_port = server.add_insecure_port(f"{o.host}:{o.grpc_port}")
+        except RuntimeError:  # grpc's way of saying the address cannot be bound
+            raise UserError(f"--grpc-port {o.grpc_port}: cannot listen on {o.host}:{o.grpc_port}") from None
         await server.start()
 
         from aiohttp import web
@@ -203,7 +207,11 @@ class Gateway:
         runner = web.AppRunner(build_http_app(self.service, self.model_name))
         await runner.setup()
         site = web.TCPSite(runner, o.host, o.http_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise UserError(f"--http-port {o.http_port}: cannot listen on {o.host}:{o.http_port}: "
+                            f"{exc.strerror}") from None
         for svc in ("", GATEWAY_SERVICE):
             await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
         http_port = runner.addresses[0][1] if runner.addresses else o.http_port
