@@ -110,7 +110,7 @@ async def sample_rss(pid: int, samples: list[int], stop: asyncio.Event) -> None:
 
 
 async def sample_queue(session, base: str, depths: list[float], stop: asyncio.Event) -> None:
-    """The gateway's own queue depth, once a second (the flood's clients may also wait in the TCP backlog)."""
+    """The gateway's own queue depth, once a second."""
     while not stop.is_set():
         depths.append(await metric(session, base, "eaas_gateway_queue_depth"))
         await asyncio.sleep(1.0)
@@ -194,14 +194,14 @@ def main() -> None:
     print(f"gateway: monolithic, tiny Mixtral with a 1,024-token context; KV budget {ready['kv_blocks']} blocks "
           f"of 16 tokens = {ready['kv_bytes'] / GiB:.3f} GiB (preallocated, so inside the idle figure)")
     print(f"flood: {args.requests} streaming requests x {args.max_tokens} tokens, {elapsed:.1f} s "
-          f"(then waiting clients disconnect)")
+          f"{'(then waiting clients disconnect)' if args.duration else '(every request answered)'}")
     print(f"RSS idle {idle / GiB:.3f} GiB, peak {peak / GiB:.3f} GiB, delta {(peak - idle) / GiB:+.3f} GiB "
           f"(target <= +2 GiB), after {final / GiB:.3f} GiB")
     print(f"served {tally.served}, streaming at the end {tally.streaming}, queued at the end {tally.queued}, "
           f"refused (429) {tally.refused}, errors {len(tally.errors)}; {tally.tokens} tokens streamed, "
           f"{tally.tokens / elapsed:.0f} tok/s; preemptions {tally.preemptions:.0f}")
     print(f"gateway's view at the end of the flood: refused {tally.gateway_refused:.0f}, "
-          f"largest queue depth seen {tally.max_queue_depth:.0f} (the rest waited in the TCP backlog)")
+          f"largest queue depth sampled (once a second) {tally.max_queue_depth:.0f}")
     for e in tally.errors[:5]:
         print("  error:", e)
     print(f"normal request after the flood: {'served, tokens exact' if normal == expected else 'WRONG TOKENS'}")
