@@ -121,10 +121,11 @@ async def test_simultaneous_arrivals_cannot_overfill_the_queue(tiny_model_dir):
         def refusals() -> int:
             return sum(1 for t in firsts if t.done() and isinstance(t.exception(), QueueFull))
 
-        # one runs, two wait: nothing else may get in while none of them can finish
+        # one runs and two wait, or two wait if they all came before the engine took the first: nothing else
+        # may get in while none of them can finish
         assert await wait_until(lambda: refusals() >= 17)
         await asyncio.sleep(0.2)
-        assert refusals() == 17 and svc.queued <= 2
+        assert refusals() in (17, 18) and svc.queued <= 2
     finally:
         for t in firsts:
             t.cancel()
