@@ -52,7 +52,7 @@ def decode_tokens_per_s(engine, batch, new_tokens) -> tuple[float, int]:
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
     engine.generate(batch[:4], SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
     start = time.perf_counter()
-    seqs = [engine.add_request(p, params) for p in batch]
+    seqs = [engine.add_request(p, params).seq for p in batch]
     while engine.has_unfinished():
         engine.step()
     elapsed = time.perf_counter() - start
@@ -152,7 +152,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
         steps = []
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
-            seqs = [engine.add_request(p, params) for p in batch]
+            seqs = [engine.add_request(p, params).seq for p in batch]
             try:
                 while engine.has_unfinished():
                     prefill = bool(engine.waiting)
@@ -162,8 +162,8 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
                         steps.append((t, time.perf_counter() - t))
             except Exception as exc:  # a failed step fails its requests: count them
                 errors.append(f"{type(exc).__name__}: {exc}")
-                engine.waiting.clear()
-                engine.running.clear()
+                for s in list(engine.running) + list(engine.waiting):
+                    engine.abort(s)  # frees their KV blocks
             done += sum(len(s.output_ids) for s in seqs)
             failed += sum(1 for s in seqs if len(s.output_ids) != args.new_tokens)
         return done / (time.perf_counter() - start), failed, steps

@@ -40,6 +40,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis", metavar="URL", help="Redis for the MemPool; with --gateways > 1 and no URL a "
                    "local redis-server is started")
     p.add_argument("--dtype", default="float32", help="float32|bfloat16|float16")
+    p.add_argument("--kv-cache-bytes", metavar="BYTES", help="each gateway's KV budget (see `eaas gateway --help`)")
+    p.add_argument("--max-queued-requests", type=int, help="each gateway's queue bound (see `eaas gateway --help`)")
     p.add_argument("--demo", action="store_true", help="stream one completion through the SDK, then stop")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for health (default 180)")
 
@@ -188,6 +190,10 @@ def run(args) -> int:
                          "--dtype", args.dtype, "--micro-batches", "1"]
             if redis_url:
                 argv += ["--redis", redis_url]
+            if args.kv_cache_bytes:
+                argv += ["--kv-cache-bytes", args.kv_cache_bytes]
+            if args.max_queued_requests is not None:
+                argv += ["--max-queued-requests", str(args.max_queued_requests)]
             gateways.append((name, fleet.spawn(name, argv, threads), grpc_addr))
         for name, proc, address in gateways:
             wait_healthy(fleet, name, proc, address, args.ready_timeout)
