@@ -54,9 +54,10 @@ require_running() {
     [ -S "$CONTAINERD_SOCK" ] || { log "no cluster in $RUN_DIR: run \`bash $0 up\` first"; exit 1; }
 }
 
-install_packages() {
-    local missing=()
-    for pkg in golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server etcd-client openssl rsync make; do
+# apt-get install whichever of the named Debian packages are not installed yet.
+apt_install_missing() {
+    local missing=() pkg
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -64,6 +65,10 @@ install_packages() {
         $SUDO apt-get update -qq
         $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+}
+
+install_packages() {
+    apt_install_missing golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server etcd-client openssl rsync make
     # etcd-server's package starts a system etcd on 2379; the tests start their own on free ports.
     ($SUDO service etcd stop >/dev/null 2>&1 || true)
 }
@@ -73,15 +78,8 @@ install_packages() {
 NODE_PACKAGES="containerd runc containernetworking-plugins iptables conntrack gcc libc6-dev mmdebstrap buildah"
 
 install_node_packages() {
-    local missing=() pkg
-    for pkg in $NODE_PACKAGES; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        log "apt-get install ${missing[*]}"
-        $SUDO apt-get update -qq
-        $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    # shellcheck disable=SC2086  # a list of package names
+    apt_install_missing $NODE_PACKAGES
     # A system containerd started by the package would hold the default socket and the k8s.io
     # namespace's images; the testbed runs its own with its own socket.
     ($SUDO service containerd stop >/dev/null 2>&1 || true)
