@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from eaas.expert_service.batcher import CombineBatcher
 from eaas.expert_service.logs import log_event
 from eaas.expert_service.metrics import ExpertServerMetrics
+from eaas.expert_service.slot_server import SlotServer
 from eaas.expert_service.wire import NAME_BY_DTYPE, ServedExperts, WireError, decode_combine, encode_tensor
 from eaas.model.experts import ExpertWeights
 from eaas.protos import expert_pb2, expert_pb2_grpc
@@ -44,6 +45,7 @@ class ServerConfig:
     max_inflight: int
     model_fingerprint: str
     model_type: str
+    offer_shm: bool = True  # also serve the shared-memory data path (expert_service/slot_server.py)
 
 
 def move_experts(experts: ExpertWeights, device: torch.device) -> None:
@@ -124,6 +126,11 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
     if bound == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     await server.start()
+    slots = None
+    if config.offer_shm:
+        slots = SlotServer(servicer)
+        await slots.start()
+        servicer.info.shm_endpoint = slots.endpoint
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
@@ -141,5 +148,15 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
         await on_drain()
     await health.enter_graceful_shutdown()
     await server.stop(DRAIN_GRACE_SECONDS)  # refuses new RPCs; admitted ones finish within the grace
+    if slots is not None:
+        await _drain_slots(servicer, slots)
     servicer.batcher.close()
     log_event(log, "stopped")
+
+
+async def _drain_slots(servicer: ExpertServicer, slots: SlotServer) -> None:
+    """Let admitted shared-memory requests finish (as gRPC's grace does), then drop the links."""
+    deadline = asyncio.get_running_loop().time() + DRAIN_GRACE_SECONDS
+    while servicer.inflight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    await slots.close()
