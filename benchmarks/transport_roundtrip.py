@@ -295,6 +295,26 @@ def measure(kind: str, sizes: list[int], iters: int, warmup: int = 30) -> list[d
     return rows
 
 
+def measure_echo(kind: str, nbytes: int, iters: int, warmup: int = 30) -> float:
+    """p50 seconds of a bare round trip of nbytes on grpc or shm (used by disaggregated_vs_monolithic.py)."""
+    client, proc, control = start(kind, [nbytes])
+    payload = os.urandom(nbytes)
+    try:
+        for _ in range(warmup):
+            client.roundtrip(payload)
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            client.roundtrip(payload)
+            times.append(time.perf_counter() - t0)
+    finally:
+        client.close()
+        control.send("stop")
+        control.recv()
+        proc.join(timeout=10)
+    return statistics.median(times)
+
+
 def idle_progress_thread_cpu(delay_us: int, seconds: float = 2.0) -> float:
     """CPU seconds per second of wall time used by one idle NIXL agent with a progress thread."""
     agent = nixl_agent("idle", progress_thread=True, delay_us=delay_us)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 
 import grpc
@@ -61,7 +62,23 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         self.batcher = batcher
         self.metrics = metrics
         self.max_inflight = max_inflight
-        self.inflight = 0  # touched only on the event loop
+        self.inflight = 0  # gRPC calls on the event loop and slot links' threads: changed under _admission
+        self._admission = threading.Lock()
+
+    def admit(self) -> str | None:
+        """Count one more request in flight; or say why not (the RESOURCE_EXHAUSTED detail)."""
+        with self._admission:
+            if self.inflight >= self.max_inflight:
+                self.metrics.requests.labels("RESOURCE_EXHAUSTED").inc()
+                return f"{self.inflight} requests in flight (limit {self.max_inflight}); retry elsewhere"
+            self.inflight += 1
+        self.metrics.inflight.inc()
+        return None
+
+    def release(self) -> None:
+        with self._admission:
+            self.inflight -= 1
+        self.metrics.inflight.dec()
 
     async def Combine(self, request, context):
         try:
@@ -70,12 +87,9 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             self.metrics.requests.labels("INVALID_ARGUMENT").inc()
             log_event(log, "bad_request", logging.WARNING, request_id=request.request_id, error=exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if self.inflight >= self.max_inflight:
-            self.metrics.requests.labels("RESOURCE_EXHAUSTED").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{self.inflight} requests in flight (limit {self.max_inflight}); retry elsewhere")
-        self.inflight += 1
-        self.metrics.inflight.inc()
+        refusal = self.admit()
+        if refusal:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
         try:
             out = await self.batcher.submit(job)
         except Exception as exc:  # a compute failure: report it, keep serving
@@ -83,8 +97,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             log_event(log, "combine_failed", logging.ERROR, layer=job.layer, tokens=job.tokens, error=repr(exc))
             await context.abort(grpc.StatusCode.INTERNAL, f"combine failed: {exc!r}")
         finally:
-            self.inflight -= 1
-            self.metrics.inflight.dec()
+            self.release()
         self.metrics.requests.labels("OK").inc()
         return expert_pb2.CombineResponse(output=encode_tensor(out))
 

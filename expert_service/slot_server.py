@@ -4,16 +4,16 @@ Each gateway connects once (the endpoint is in ServerInfo.shm_endpoint: an abstr
 processes in the same network namespace on the same host reach it), sends a hello with its memfd, then
 rings for each Combine. Requests of all links go to the same CombineBatcher as gRPC requests, so they
 batch together; validation, admission (max_inflight) and metrics are the servicer's. Everything runs on
-the server's event loop: it sleeps in epoll until a doorbell rings, nothing polls.
+threads that sleep in recv() until a doorbell rings: nothing polls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import mmap
 import os
 import socket
+import threading
 import uuid
 
 import grpc
@@ -38,72 +38,80 @@ def socket_address(endpoint: str) -> str:
 
 
 class SlotServer:
-    """Accepts slot links on `endpoint` and serves their Combine requests with `servicer`'s batcher."""
+    """Accepts slot links on `endpoint` and serves their Combine requests with `servicer`'s batcher.
+
+    One thread per link blocks in recv() for the next doorbell; the batcher's compute thread writes the
+    output into the slot and rings back itself, so a request crosses two threads, not the event loop.
+    """
 
     def __init__(self, servicer, endpoint: str | None = None):
         self.servicer = servicer
         self.endpoint = endpoint or new_endpoint()
         self._listener: socket.socket | None = None
-        self._tasks: set[asyncio.Task] = set()
         self._links: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
 
     async def start(self) -> None:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(socket_address(self.endpoint))
         self._listener.listen(64)
-        self._listener.setblocking(False)
-        self._spawn(self._accept_loop())
-
-    def _spawn(self, coroutine) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        threading.Thread(target=self._accept_loop, name="slot-accept", daemon=True).start()
 
     async def close(self) -> None:
         """Stop accepting; drop every link (its gateway sees EOF and re-sends elsewhere)."""
-        if self._listener is not None:
-            self._listener.close()
-        for conn in list(self._links):
-            conn.close()
-        for task in list(self._tasks):
-            task.cancel()
+        with self._lock:
+            self._closed = True
+            links = list(self._links)
+        for sock in [self._listener, *links]:
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
 
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _accept_loop(self) -> None:
         while True:
-            conn, _ = await loop.sock_accept(self._listener)
-            self._spawn(self._serve_link(conn))
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self._links.add(conn)
+            threading.Thread(target=self._serve_link, args=(conn,), name="slot-link", daemon=True).start()
 
-    async def _serve_link(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        self._links.add(conn)
-        memory = None
+    def _serve_link(self, conn: socket.socket) -> None:
         try:
-            memory, slots, slot_bytes = await loop.run_in_executor(None, _accept_hello, conn)
-            conn.setblocking(False)
-            send_lock = asyncio.Lock()
+            memory, slots, slot_bytes = _accept_hello(conn)
+            conn.settimeout(None)
+            send_lock = threading.Lock()
+
+            def reply(req: SlotRequest, code: grpc.StatusCode, detail: str = "", tokens: int = 0) -> None:
+                text = detail.encode()[:4096]
+                with send_lock:
+                    try:
+                        conn.sendall(REPLY.pack(req.slot, req.generation, code.value[0], tokens, len(text)) + text)
+                    except OSError:
+                        pass  # the gateway went away; it re-sent this request elsewhere
             while True:
-                head = await _recv_exact(loop, conn, REQUEST.size)
+                head = _recv_exact(conn, REQUEST.size)
                 if head is None:
                     return
-                self._spawn(self._serve_request(conn, send_lock, memory, slots, slot_bytes, head))
+                self._serve_request(SlotRequest.unpack(head), memory, slots, slot_bytes, reply)
         except (OSError, WireError) as exc:
             log_event(log, "slot_link_closed", logging.INFO, error=repr(exc))
         finally:
-            self._links.discard(conn)
+            with self._lock:
+                self._links.discard(conn)
             conn.close()
             # the mapping stays referenced by in-flight requests' tensors until they finish; mmap frees it then
 
-    async def _serve_request(self, conn, send_lock, memory, slots, slot_bytes, head: bytes) -> None:
+    def _serve_request(self, req: SlotRequest, memory, slots: int, slot_bytes: int, reply) -> None:
         svc = self.servicer
-        code, detail, tokens = grpc.StatusCode.OK, "", 0
-        try:
-            req = SlotRequest.unpack(head)
-        except WireError as exc:  # the header itself is unreadable: nothing to answer to
-            log_event(log, "bad_request", logging.WARNING, transport="shm", error=exc)
-            conn.close()
-            return
         try:
             check_request(req, svc.served, slots, slot_bytes)
             hidden, ids, weights = request_tensors(memory, req, slot_bytes)
@@ -111,33 +119,30 @@ class SlotServer:
         except WireError as exc:
             svc.metrics.requests.labels("INVALID_ARGUMENT").inc()
             log_event(log, "bad_request", logging.WARNING, transport="shm", error=exc)
-            code, detail = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        if code is grpc.StatusCode.OK and svc.inflight >= svc.max_inflight:
-            svc.metrics.requests.labels("RESOURCE_EXHAUSTED").inc()
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            detail = f"{svc.inflight} requests in flight (limit {svc.max_inflight}); retry elsewhere"
-        if code is grpc.StatusCode.OK:
-            svc.inflight += 1
-            svc.metrics.inflight.inc()
+            return reply(req, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        refusal = svc.admit()
+        if refusal:
+            return reply(req, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+
+        def done(out, error) -> None:  # on the compute thread
             try:
-                out = await svc.batcher.submit(CombineJob(req.layer, hidden, ids, weights))
-                response_view(memory, req.slot, slot_bytes, req.tokens, req.hidden_size, svc.served.dtype).copy_(out)
-                tokens = req.tokens
-                svc.metrics.requests.labels("OK").inc()
-            except Exception as exc:  # a compute failure: report it, keep serving
-                svc.metrics.requests.labels("INTERNAL").inc()
-                log_event(log, "combine_failed", logging.ERROR, layer=req.layer, tokens=req.tokens, error=repr(exc))
-                code, detail = grpc.StatusCode.INTERNAL, f"combine failed: {exc!r}"
+                if error is None:
+                    response_view(memory, req.slot, slot_bytes, req.tokens, req.hidden_size,
+                                  svc.served.dtype).copy_(out)
+                    svc.metrics.requests.labels("OK").inc()
+                    reply(req, grpc.StatusCode.OK, tokens=req.tokens)
+                else:  # a compute failure: report it, keep serving
+                    svc.metrics.requests.labels("INTERNAL").inc()
+                    log_event(log, "combine_failed", logging.ERROR, layer=req.layer, tokens=req.tokens,
+                              error=repr(error))
+                    reply(req, grpc.StatusCode.INTERNAL, f"combine failed: {error!r}")
             finally:
-                svc.inflight -= 1
-                svc.metrics.inflight.dec()
-        text = detail.encode()[:4096]
-        async with send_lock:
-            try:
-                await asyncio.get_running_loop().sock_sendall(
-                    conn, REPLY.pack(req.slot, req.generation, code.value[0], tokens, len(text)) + text)
-            except OSError:
-                pass  # the gateway went away; it re-sent this request elsewhere
+                svc.release()
+        try:
+            svc.batcher.submit_with_callback(CombineJob(req.layer, hidden, ids, weights), done)
+        except RuntimeError as exc:  # batcher closed: draining
+            svc.release()
+            reply(req, grpc.StatusCode.UNAVAILABLE, str(exc))
 
 
 def _accept_hello(conn: socket.socket):
@@ -164,11 +169,11 @@ def _accept_hello(conn: socket.socket):
     return memory, slots, slot_bytes
 
 
-async def _recv_exact(loop, conn: socket.socket, n: int) -> bytes | None:
+def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
     """n bytes, or None at a clean EOF before the first byte."""
     chunks, got = [], 0
     while got < n:
-        chunk = await loop.sock_recv(conn, n - got)
+        chunk = conn.recv(n - got)
         if not chunk:
             if got:
                 raise OSError("link closed mid-frame")

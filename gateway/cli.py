@@ -32,6 +32,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batched-tokens", type=int, default=4096, help="tokens per step at most (default 4096)")
     p.add_argument("--micro-batches", type=int, default=2,
                    help="split each step into N micro-batches that overlap compute with expert RPCs (default 2)")
+    p.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
+                   help="expert data path: auto = shared-memory slots with every expert server on this host that "
+                        "offers them, gRPC with the others; shm = slots required; grpc = gRPC only (default auto)")
     p.add_argument("--no-prefix-cache", action="store_true", help="disable KV prefix caching in the MemPool")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
@@ -49,7 +52,7 @@ def run(args) -> int:
                           deployment=args.deployment, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                           max_batched_tokens=args.max_batched_tokens, micro_batches=args.micro_batches,
                           prefix_cache=not args.no_prefix_cache, watch_endpoints=args.watch_endpoints,
-                          namespace=args.namespace)
+                          namespace=args.namespace, transport=args.transport)
     if opts.expert_servers:
         from eaas.gateway.discovery import parse_expert_servers
 
