@@ -28,7 +28,7 @@ from disaggregated_vs_monolithic import ExpertFleet, prompts  # noqa: E402
 from eaas.engine.factory import engine_with_backend  # noqa: E402
 from eaas.engine.scheduler import ScheduleLimits  # noqa: E402
 from eaas.engine.sequence import SamplingParams  # noqa: E402
-from eaas.expert_service.slot_client import make_transport  # noqa: E402
+from eaas.rpc.slot_transport import make_transport  # noqa: E402
 from eaas.gateway.remote_backend import RemoteExpertBackend  # noqa: E402
 from eaas.model.checkpoint import Checkpoint  # noqa: E402
 from eaas.model.tiny import write_tiny_model  # noqa: E402

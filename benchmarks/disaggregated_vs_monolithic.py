@@ -4,7 +4,7 @@
                                                      [--transport grpc shm] [--json]
 
 Every figure is measured for each --transport on the same expert processes (they offer both): grpc, and
-shm (shared-memory slots + unix-socket doorbell, expert_service/slot_client.py). Also per transport: one
+shm (shared-memory slots + unix-socket doorbell, eaas/rpc/slot_transport.py). Also per transport: one
 layer's dispatch (RemoteExpertBackend.combine of a 64-token decode batch over the 2 groups, minus the
 slower group's expert compute measured in this process on one thread) divided by a bare round trip of the
 same bytes on the same transport (benchmarks/transport_roundtrip.py's echo servers); target <= 1.5.
@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # transport_roun
 from eaas.engine.factory import engine_with_backend, monolithic_engine
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.engine.sequence import SamplingParams
-from eaas.expert_service.slot_client import SlotTransport, make_transport
+from eaas.rpc.slot_transport import SlotTransport, make_transport
 from eaas.gateway.remote_backend import RemoteExpertBackend
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.tiny import write_tiny_model

@@ -94,7 +94,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from servers import free_port, wait_for_port  # the test suite's port helpers
 
-    from eaas.expert_service.wire import encode_tensor
+    from eaas.rpc.wire import encode_tensor
     from eaas.gateway.remote_backend import RemoteExpertBackend
     from eaas.model.checkpoint import Checkpoint
     from eaas.protos import expert_pb2

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from eaas.expert_service.wire import CombineJob
+from eaas.expert_service.combine_request import CombineJob
 from eaas.model.experts import ExpertWeights
 
 BatchObserver = Callable[[int, torch.Tensor, float], None]  # (tokens, expert_ids, seconds) per combine

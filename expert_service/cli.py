@@ -10,9 +10,9 @@ import socket
 import torch
 
 from eaas.errors import UserError
-from eaas.expert_service.logs import configure_logging, log_event
 from eaas.expert_service.metrics import ExpertServerMetrics
 from eaas.expert_service.server import ServerConfig, build_servicer, move_experts, serve
+from eaas.logs import configure_logging, log_event
 from eaas.model.checkpoint import Checkpoint, parse_dtype
 from eaas.model.experts import load_expert_weights
 from eaas.topology import format_expert_ids, parse_expert_ids

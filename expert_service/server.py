@@ -3,7 +3,8 @@
 Stateless: a request carries everything needed, so any replica of a group gives the same answer.
 Admission control: at most `max_inflight` Combine requests are admitted (queued or computing); more are
 answered RESOURCE_EXHAUSTED at once, so a burst never grows memory without bound (each request is also
-capped at MAX_MESSAGE_BYTES). SIGTERM: health goes NOT_SERVING, new RPCs are refused, admitted ones finish.
+capped at MAX_MESSAGE_BYTES). SIGTERM: health goes NOT_SERVING, new RPCs are refused, admitted ones finish
+and their replies are handed to the socket before gRPC's shutdown (GOAWAY) starts; see `serve`.
 """
 
 from __future__ import annotations
@@ -21,20 +22,19 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from eaas.expert_service.batcher import CombineBatcher
-from eaas.expert_service.logs import log_event
+from eaas.expert_service.combine_request import ServedExperts, decode_combine
 from eaas.expert_service.metrics import ExpertServerMetrics
 from eaas.expert_service.slot_server import SlotServer
-from eaas.expert_service.wire import NAME_BY_DTYPE, ServedExperts, WireError, decode_combine, encode_tensor
+from eaas.logs import log_event
 from eaas.model.experts import ExpertWeights
 from eaas.protos import expert_pb2, expert_pb2_grpc
+from eaas.rpc.transport import SERVICE_NAME
+from eaas.rpc.wire import MAX_MESSAGE_BYTES, NAME_BY_DTYPE, TRANSPORT_MESSAGE_BYTES, WireError, encode_tensor
 from eaas.topology import format_expert_ids
 
 log = logging.getLogger("eaas.expert_service")
 
-MAX_MESSAGE_BYTES = 64 << 20        # largest CombineRequest served (e.g. 8192 tokens x 2048 hidden x fp32)
-TRANSPORT_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES  # gRPC's own limit: above ours, so ours answers first
 DRAIN_GRACE_SECONDS = 30.0          # how long admitted requests may take to finish after SIGTERM
-SERVICE_NAME = expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name
 
 
 @dataclass
@@ -64,6 +64,8 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         self.max_inflight = max_inflight
         self.inflight = 0  # gRPC calls on the event loop and slot links' threads: changed under _admission
         self._admission = threading.Lock()
+        self.draining = False
+        self._replies: set[asyncio.Future] = set()  # admitted calls whose reply is not yet handed to gRPC core
 
     def admit(self) -> str | None:
         """Count one more request in flight; or say why not (the RESOURCE_EXHAUSTED detail)."""
@@ -81,6 +83,9 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         self.metrics.inflight.dec()
 
     async def Combine(self, request, context):
+        if self.draining:
+            self.metrics.requests.labels("UNAVAILABLE").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining (SIGTERM); retry another replica")
         try:
             job = decode_combine(request, self.served)
         except WireError as exc:
@@ -90,6 +95,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         refusal = self.admit()
         if refusal:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+        self._track_reply(context)
         try:
             out = await self.batcher.submit(job)
         except Exception as exc:  # a compute failure: report it, keep serving
@@ -103,6 +109,29 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 
     async def Info(self, request, context):
         return self.info
+
+    def _track_reply(self, context) -> None:
+        """Resolve a future once the call ends: its reply batch completed, i.e. every byte is in the socket."""
+        sent = asyncio.get_running_loop().create_future()
+        self._replies.add(sent)
+
+        def ended(_context) -> None:  # runs on the event loop when the RPC terminates
+            self._replies.discard(sent)
+            if not sent.done():
+                sent.set_result(None)
+
+        context.add_done_callback(ended)
+
+    @property
+    def unsent(self) -> int:
+        """Admitted calls whose reply is not yet handed to gRPC core."""
+        return len(self._replies)
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new Combine calls; wait (up to `timeout`) until every admitted call's reply is sent."""
+        self.draining = True
+        if self._replies:
+            await asyncio.wait(set(self._replies), timeout=timeout)
 
 
 def build_servicer(experts: ExpertWeights, config: ServerConfig, device: torch.device,
@@ -160,16 +189,24 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
     if on_drain is not None:
         await on_drain()
     await health.enter_graceful_shutdown()
-    await server.stop(DRAIN_GRACE_SECONDS)  # refuses new RPCs; admitted ones finish within the grace
-    if slots is not None:
-        await _drain_slots(servicer, slots)
+    # Replies first, GOAWAY second. server.stop sends GOAWAY at once, and gRPC core closes a connection as
+    # soon as its last stream's bytes are handed to the kernel; a client still reading a large reply then
+    # sends a frame to a closed socket, the kernel answers RST and the unsent tail is lost (UNAVAILABLE
+    # "GOAWAY ... Server shutdown"). Once every reply is in the socket, GOAWAY and its PING queue behind
+    # them: the client acks the PING only after reading the replies, and core closes only after that ack.
+    started = loop.time()
+    await servicer.drain(DRAIN_GRACE_SECONDS)
+    if slots is not None:  # slot requests are refused from now on too; admitted ones finish first
+        await _drain_slots(servicer, slots, started + DRAIN_GRACE_SECONDS)
+    log_event(log, "replies_sent", seconds=f"{loop.time() - started:.2f}", unsent=servicer.unsent)
+    await server.stop(max(0.0, started + DRAIN_GRACE_SECONDS - loop.time()))
     servicer.batcher.close()
     log_event(log, "stopped")
 
 
-async def _drain_slots(servicer: ExpertServicer, slots: SlotServer) -> None:
-    """Let admitted shared-memory requests finish (as gRPC's grace does), then drop the links."""
-    deadline = asyncio.get_running_loop().time() + DRAIN_GRACE_SECONDS
+async def _drain_slots(servicer: ExpertServicer, slots: SlotServer, deadline: float) -> None:
+    """Let admitted shared-memory requests finish (their replies are rung from the compute thread), then drop
+    the links: gateways see EOF and send what comes next to other replicas."""
     while servicer.inflight and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
     await slots.close()

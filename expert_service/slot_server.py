@@ -18,10 +18,11 @@ import uuid
 
 import grpc
 
-from eaas.expert_service.logs import log_event
-from eaas.expert_service.slot_wire import (HELLO, HELLO_ANSWER, MAGIC, REPLY, REQUEST, SlotRequest, check_expert_ids,
-                                           check_request, request_tensors, response_view)
-from eaas.expert_service.wire import CombineJob, WireError
+from eaas.expert_service.combine_request import MAX_TOP_K, CombineJob, ServedExperts, accepted_ids
+from eaas.logs import log_event
+from eaas.rpc.slot_wire import (HELLO, HELLO_ANSWER, MAGIC, REPLY, REQUEST, SlotRequest, itemsize, request_tensors,
+                                response_view, socket_address)
+from eaas.rpc.wire import FLOAT_DTYPES, WireError
 
 log = logging.getLogger("eaas.expert_service")
 
@@ -31,10 +32,6 @@ MAX_LINK_BYTES = 4 << 30  # a gateway's slot memory we agree to map
 def new_endpoint() -> str:
     """A fresh abstract-socket name; '@' stands for the leading NUL byte."""
     return f"@eaas-expert-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-
-
-def socket_address(endpoint: str) -> str:
-    return "\0" + endpoint[1:] if endpoint.startswith("@") else endpoint
 
 
 class SlotServer:
@@ -112,6 +109,9 @@ class SlotServer:
 
     def _serve_request(self, req: SlotRequest, memory, slots: int, slot_bytes: int, reply) -> None:
         svc = self.servicer
+        if svc.draining:
+            svc.metrics.requests.labels("UNAVAILABLE").inc()
+            return reply(req, grpc.StatusCode.UNAVAILABLE, "server is draining (SIGTERM); retry another replica")
         try:
             check_request(req, svc.served, slots, slot_bytes)
             hidden, ids, weights = request_tensors(memory, req, slot_bytes)
@@ -143,6 +143,32 @@ class SlotServer:
         except RuntimeError as exc:  # batcher closed: draining
             svc.release()
             reply(req, grpc.StatusCode.UNAVAILABLE, str(exc))
+
+
+def check_request(req: SlotRequest, served: ServedExperts, slots: int, slot_bytes: int) -> None:
+    """Raise WireError for a request the server cannot serve (the same rules as the gRPC path)."""
+    if req.slot >= slots:
+        raise WireError(f"slot {req.slot} does not exist (this link has {slots})")
+    if req.layer not in served.layers:
+        raise WireError(f"layer {req.layer} is not served here; layers: {sorted(served.layers)}")
+    if req.hidden_dtype != served.dtype:
+        raise WireError(f"hidden: dtype {req.hidden_dtype!r} not allowed here; expected one of {served.dtype}")
+    if req.hidden_size != served.hidden_size:
+        raise WireError(f"hidden: shape [{req.tokens}, {req.hidden_size}] is not [T, {served.hidden_size}]")
+    if not 1 <= req.top_k <= MAX_TOP_K:
+        raise WireError(f"expert_ids: shape [{req.tokens}, {req.top_k}] is not [{req.tokens}, k] "
+                        f"with 1 <= k <= {MAX_TOP_K}")
+    if req.weights_dtype not in FLOAT_DTYPES:
+        raise WireError(f"weights: dtype {req.weights_dtype!r} not allowed here")
+    need = max(req.offsets()[3], req.tokens * req.hidden_size * itemsize(served.dtype))
+    if need > slot_bytes:
+        raise WireError(f"request of {need} bytes exceeds the slot's {slot_bytes} bytes")
+
+
+def check_expert_ids(ids: torch.Tensor, served: ServedExperts) -> None:
+    problem = accepted_ids(ids, served)
+    if problem:
+        raise WireError(problem)
 
 
 def _accept_hello(conn: socket.socket):

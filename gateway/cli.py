@@ -6,7 +6,20 @@ import argparse
 import asyncio
 import logging
 
+from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED, describe_default
 from eaas.errors import UserError
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str) -> int:
+    """'2GiB', '500MB', '1073741824' -> bytes."""
+    t = text.strip().lower()
+    digits = len(t) - len(t.lstrip("0123456789."))
+    number, unit = t[:digits], t[digits:].strip()
+    if not number or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2GiB, 500MB, 1073741824)")
+    return int(float(number) * _UNITS[unit])
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -35,6 +48,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
                    help="expert data path: auto = shared-memory slots with every expert server on this host that "
                         "offers them, gRPC with the others; shm = slots required; grpc = gRPC only (default auto)")
+    p.add_argument("--kv-cache-bytes", type=parse_bytes, metavar="BYTES",
+                   help="KV cache budget, preallocated at start (e.g. 2GiB, 500MB, 1073741824); default: "
+                        f"{describe_default()}, capped at what --max-num-seqs full contexts can use".replace("%", "%%"))
+    p.add_argument("--max-queued-requests", type=int, default=DEFAULT_MAX_QUEUED,
+                   help="requests that may wait for the engine; more are refused with HTTP 429 + Retry-After / "
+                        f"gRPC RESOURCE_EXHAUSTED (default {DEFAULT_MAX_QUEUED})")
     p.add_argument("--no-prefix-cache", action="store_true", help="disable KV prefix caching in the MemPool")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
@@ -52,7 +71,8 @@ def run(args) -> int:
                           deployment=args.deployment, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                           max_batched_tokens=args.max_batched_tokens, micro_batches=args.micro_batches,
                           prefix_cache=not args.no_prefix_cache, watch_endpoints=args.watch_endpoints,
-                          namespace=args.namespace, transport=args.transport)
+                          namespace=args.namespace, kv_cache_bytes=args.kv_cache_bytes,
+                          max_queued_requests=args.max_queued_requests, transport=args.transport)
     if opts.expert_servers:
         from eaas.gateway.discovery import parse_expert_servers
 

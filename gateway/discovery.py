@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from eaas.errors import UserError
-from eaas.gateway.remote_backend import GroupSpec
+from eaas.gateway.replica_table import GroupSpec
 from eaas.topology import format_expert_ids, parse_expert_ids
 
 

@@ -1,12 +1,85 @@
-"""Pure decisions of the expert data path: which replica gets a request, and what a failure means.
+"""Pure decisions of the expert data path: who owns an expert, how a batch splits into requests, which
+replica gets a request, which servers are refused, and what a failure means.
 
-No I/O and no clocks here, so the policy is unit-tested on its own (tests/data_path/test_dispatch.py).
+No I/O, no clocks and no locks here, so each rule is unit-tested on its own (tests/data_path/test_dispatch.py).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from eaas.protos import expert_pb2
+from eaas.topology import format_expert_ids
+
+NO_GROUP, NO_EXPERT = -2, -1  # owner-table entries for unknown expert ids and for slot id -1
+
+
+def owner_table(groups: Sequence[Iterable[int]]) -> torch.Tensor:
+    """Group index of each expert id, read by `owners`; raises ValueError if an expert is in two groups."""
+    groups = [tuple(g) for g in groups]
+    top = max((e for g in groups for e in g), default=-1)
+    table = torch.full((top + 4,), NO_GROUP, dtype=torch.long)
+    table[1] = NO_EXPERT
+    for gi, expert_ids in enumerate(groups):
+        slots = [e + 2 for e in expert_ids]
+        overlap = [e - 2 for e in slots if table[e] != NO_GROUP]
+        if overlap:
+            raise ValueError(f"experts {format_expert_ids(overlap)} are in more than one group")
+        table[slots] = gi
+    return table
+
+
+def owners(table: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+    """Per slot of expert_ids [T, k]: its group index, NO_EXPERT for -1, NO_GROUP for ids no group holds."""
+    return table[expert_ids.clamp(-2, table.numel() - 3).long() + 2]
+
+
+@dataclass(frozen=True)
+class GroupRows:
+    """The rows of a batch that route to one group, with other groups' slots masked to -1."""
+
+    group: int
+    rows: torch.Tensor        # [n] row indices into the batch
+    expert_ids: torch.Tensor  # [n, k]
+
+
+def split_by_group(owner: torch.Tensor, expert_ids: torch.Tensor) -> list[GroupRows]:
+    """One GroupRows per group that any slot routes to, in ascending group order (the order outputs add up)."""
+    split = []
+    for gi in torch.unique(owner).tolist():
+        if gi >= 0:
+            in_group = owner == gi
+            rows = in_group.any(dim=1).nonzero().squeeze(1)
+            split.append(GroupRows(gi, rows, torch.where(in_group, expert_ids, -1)[rows]))
+    return split
+
+
+def rows_per_request(max_message_bytes: int, row_bytes: int, overhead_bytes: int = 4096) -> int:
+    """How many rows of `row_bytes` fit in one request under a server's message limit (at least one)."""
+    return max(1, (max_message_bytes - overhead_bytes) // max(1, row_bytes))
+
+
+def refusal(info: expert_pb2.ServerInfo, *, fingerprint: str, group_experts: Iterable[int],
+            layers: Collection[int] | None, group_dtype: str | None) -> tuple[str, str] | None:
+    """(reason, detail) if a server must never serve this group, else None.
+
+    `group_dtype`: the dtype the group's admitted replicas compute in (None before the first one).
+    """
+    if info.model_fingerprint != fingerprint:
+        return ("fingerprint_mismatch", f"server model fingerprint {info.model_fingerprint} differs from the "
+                                        f"gateway's {fingerprint}: not the same checkpoint")
+    missing = set(group_experts) - set(info.expert_ids)
+    if missing:
+        return "config_mismatch", f"server does not hold experts {format_expert_ids(missing)} of its group"
+    if layers is not None and not set(layers) <= set(info.layers):
+        return "config_mismatch", f"server lacks MoE layers {sorted(set(layers) - set(info.layers))}"
+    if group_dtype is not None and group_dtype != info.dtype:
+        return "config_mismatch", f"server computes in {info.dtype}, its group in {group_dtype}"
+    return None
 
 
 def pick_replica(outstanding: Sequence[int], cursor: int, excluded: Collection[int] = ()) -> int | None:
@@ -24,6 +97,18 @@ def pick_replica(outstanding: Sequence[int], cursor: int, excluded: Collection[i
         if best is None or outstanding[i] < outstanding[best]:
             best = i
     return best
+
+
+def pick_with_fallback(states: Sequence[str], admitted_once: Sequence[bool], outstanding: Sequence[int],
+                       cursor: int, tried: Collection[int]) -> int | None:
+    """The replica for the next attempt: least-outstanding "ready" one not yet tried; failing that, a
+    "quarantined" one that was admitted before (one transient error may have quarantined a healthy server:
+    try it before giving up); else None."""
+    index = pick_replica(outstanding, cursor, set(tried) | {i for i, s in enumerate(states) if s != "ready"})
+    if index is None:
+        index = pick_replica(outstanding, cursor, set(tried) | {
+            i for i, s in enumerate(states) if s != "quarantined" or not admitted_once[i]})
+    return index
 
 
 class FailureAction(enum.Enum):

@@ -1,9 +1,11 @@
 """The engine in its own thread, with asyncio-facing streaming requests (the gateway's core).
 
-Requests arrive from gRPC/HTTP handlers on the event loop; the engine thread admits them between
-steps, runs one step at a time and posts each new token back to the request's asyncio queue.
-Context caching and session resume go through an optional KV pool (eaas.mempool): a new request
-imports the longest cached prefix, and every full block a sequence completes is offered to the pool.
+Requests arrive from gRPC/HTTP handlers on the event loop; the engine thread adds them to the engine
+between steps, runs one step at a time and posts each new token back to the request's asyncio queue.
+At most --max-queued-requests wait: beyond that a request is refused at once (QueueFull), so a flood
+costs neither memory nor time. Context caching and session resume go through an optional KV pool
+(eaas.mempool): a new request brings the longest cached prefix to the engine, and the blocks each step
+output carries are offered to the pool.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator
-
-from eaas.engine.llm_engine import LLMEngine, RequestError
+from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
+from eaas.engine.llm_engine import LLMEngine, RequestError, RequestHandle, StepOutput
 from eaas.engine.sequence import SamplingParams, Sequence
 from eaas.gateway.detokenizer import IncrementalDetokenizer
 from eaas.gateway.metrics import GatewayMetrics
@@ -32,7 +34,14 @@ class GenerationFailed(Exception):
         self.code = code
 
 
-STOPPED_BY_CALLER = object()  # `await events.asend(STOPPED_BY_CALLER)`: the caller ends the stream as finished
+class QueueFull(GenerationFailed):
+    """Refused on arrival: --max-queued-requests requests already wait (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, queued: int, retry_after_s: int = 1):
+        super().__init__("resource_exhausted", f"the gateway is at capacity: {queued} requests already queued; "
+                                               f"retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
 
 
 @dataclass
@@ -52,24 +61,93 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     arrived: float = field(default_factory=time.perf_counter)
-    seq: Sequence | None = None
+    handle: RequestHandle | None = None
+    ended: bool = False             # the caller is done with it (set on the loop; the engine thread checks it)
     last_token_at: float | None = None
-    offered_blocks: int = 0         # full KV blocks already offered to the pool
     detokenizer: IncrementalDetokenizer | None = None
-    cached_prefix: tuple[int, list] = (0, [])  # (tokens, blocks) the pool held for the prompt at arrival
-    pool_writes: list = field(default_factory=list)  # this request's inserts still in flight (futures)
+    cached_blocks: list = field(default_factory=list)  # the pool's blocks of the prompt, found at arrival
+    pool_writes: list = field(default_factory=list)    # this request's inserts still in flight (futures)
+
+    @property
+    def seq(self) -> Sequence | None:
+        return self.handle.seq if self.handle else None
+
+    def end(self) -> None:
+        """Stop generating for it. Safe against the engine thread creating the handle at the same moment:
+        `ended` is set before `handle` is read here, and `handle` is set before `ended` is read there."""
+        self.ended = True
+        if self.handle is not None:
+            self.handle.finish()
+
+
+class TokenStream:
+    """One request's events, as an async iterator. Nothing is queued before the first __anext__.
+
+    finish(): the caller ends the request as complete (a stop string matched): the rest is not
+    generated, and it counts "ok". aclose(): the caller went away: it counts "cancelled".
+    """
+
+    def __init__(self, service: "EngineService", prompt_ids: list[int], params: SamplingParams, request_id: str,
+                 resume_ids: list[int]):
+        self._service = service
+        self._args = (prompt_ids, params, request_id, resume_ids)
+        self._req: _Request | None = None
+        self._done = False
+
+    def __aiter__(self) -> "TokenStream":
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        if self._req is None:
+            self._req = await self._service._submit(*self._args)
+        try:
+            item = await self._req.events.get()
+        except BaseException:  # cancelled while waiting: the consumer is gone
+            self._end("cancelled")
+            raise
+        if isinstance(item, Exception):
+            self._end("failed")
+            raise item
+        if item.finish_reason:
+            await self._service._pool_writes_done(self._req)  # a follow-up request can then reuse all of this one
+            self._end("ok")
+        return item
+
+    def finish(self) -> None:
+        self._end("ok")
+
+    async def aclose(self) -> None:
+        self._end("cancelled")
+
+    def _end(self, status: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._req is None:
+            return  # never started: nothing queued, nothing counted
+        if status != "failed" and not (self._req.seq is not None and self._req.seq.is_finished):
+            self._service._end(self._req)
+        self._service.metrics.request_done(status)
 
 
 class EngineService:
-    def __init__(self, engine: LLMEngine, tokenizer=None, kv_pool=None, metrics: GatewayMetrics | None = None):
+    def __init__(self, engine: LLMEngine, tokenizer=None, kv_pool=None, metrics: GatewayMetrics | None = None,
+                 max_queued_requests: int = DEFAULT_MAX_QUEUED):
         self.engine = engine
         self.tokenizer = tokenizer
         self.kv_pool = kv_pool      # eaas.mempool.SyncKVPool or None
+        if kv_pool is not None:     # step outputs then carry the blocks each sequence completes, in the pool's size
+            engine.export_block_size = kv_pool.block_size
         self.metrics = metrics or GatewayMetrics()
+        self.max_queued_requests = max_queued_requests
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._live: dict[int, _Request] = {}
+        self._ended: deque[_Request] = deque()  # ended by their callers; forgotten once the engine freed them
+        self._preemptions_seen = 0
         self._thread = threading.Thread(target=self._run, name="eaas-engine", daemon=True)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -86,6 +164,11 @@ class EngineService:
         return len(self._live)
 
     @property
+    def queued(self) -> int:
+        """Requests waiting for the engine (not yet running, or preempted), as last seen from any thread."""
+        return self._inbox.qsize() + len(self.engine.waiting)
+
+    @property
     def alive(self) -> bool:
         """The engine thread runs (the gateway's /health)."""
         return self._thread.is_alive()
@@ -96,53 +179,38 @@ class EngineService:
             raise RequestError("this model has no tokenizer: send token ids instead of text")
         return list(self.tokenizer(text)["input_ids"])
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "",
-                       resume_ids: list[int] | None = None) -> AsyncIterator[TokenEvent]:
+    def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "",
+                 resume_ids: list[int] | None = None) -> TokenStream:
         """Stream the completion. resume_ids: tokens a previous gateway already sent for this request.
+        Raises (on the first iteration) RequestError for bad input, QueueFull when the queue is full."""
+        return TokenStream(self, list(prompt_ids), params, request_id, list(resume_ids or []))
 
-        A caller that ends the request itself (a stop string matched) sends STOPPED_BY_CALLER with `asend`: the
-        sequence is aborted and the request counted "ok"; closing the stream instead counts it "cancelled".
-        """
-        resume_ids = list(resume_ids or [])
+    async def _submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str,
+                      resume_ids: list[int]) -> _Request:
         if resume_ids:
             if len(resume_ids) >= params.max_tokens:
                 raise RequestError("resume_token_ids already hold max_tokens tokens")
             params = SamplingParams(**{**params.__dict__, "max_tokens": params.max_tokens - len(resume_ids),
                                        "first_token_index": params.first_token_index + len(resume_ids)})
-        full_prompt = list(prompt_ids) + resume_ids
+        full_prompt = prompt_ids + resume_ids
         self.engine.check_request(full_prompt, params)  # raises RequestError before anything is queued
-        loop = asyncio.get_running_loop()
-        req = _Request(full_prompt, params, request_id, len(resume_ids), loop, asyncio.Queue(),
+        queued = self.queued
+        if queued >= self.max_queued_requests:
+            self.metrics.requests_refused.inc()
+            raise QueueFull(queued)
+        req = _Request(full_prompt, params, request_id, len(resume_ids), asyncio.get_running_loop(), asyncio.Queue(),
                        detokenizer=IncrementalDetokenizer(self.tokenizer))
         if self.kv_pool is not None:  # looked up here, on the caller's loop: the engine thread never waits on it
-            req.cached_prefix = await self.kv_pool.match_async(full_prompt)
+            _, req.cached_blocks = await self.kv_pool.match_async(full_prompt)
         self.metrics.requests_started()
-        self._inbox.put(("add", req))
+        self._inbox.put(req)
         self._wake.set()
-        status = "cancelled"
-        try:
-            while True:
-                item = await req.events.get()
-                if isinstance(item, Exception):
-                    raise item
-                if item.finish_reason:
-                    status = "ok"  # before the yield: a consumer may stop right after the last event
-                    await self._pool_writes_done(req)  # a follow-up request can then reuse all of this one
-                reply = yield item
-                if item.finish_reason:
-                    return
-                if reply is STOPPED_BY_CALLER:  # e.g. a stop string matched: a normal end, the rest is not run
-                    status = "ok"
-                    return
-        except GenerationFailed:
-            status = "failed"
-            raise
-        finally:
-            if status != "failed" and (req.seq is None or not req.seq.is_finished):
-                # the client went away or stopped early: free its slot (the inbox is FIFO: "add" comes first)
-                self._inbox.put(("abort", req))
-                self._wake.set()
-            self.metrics.request_done(status)
+        return req
+
+    def _end(self, req: _Request) -> None:
+        req.end()
+        self._ended.append(req)
+        self._wake.set()
 
     async def _pool_writes_done(self, req: _Request) -> None:
         pending = [f for f in req.pool_writes if not f.done()]
@@ -157,39 +225,61 @@ class EngineService:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            self.metrics.set_queue(len(self.engine.waiting), len(self.engine.running))
             try:
                 outputs = self.engine.step()
             except Exception as exc:  # a failed forward fails the sequences that were in it
                 self._fail_running(exc)
                 continue
+            finally:
+                self._forget_ended()
+                self._publish_engine_state()
             now = time.perf_counter()
             for out in outputs:
                 req = self._live.get(out.seq.seq_id)
                 if req is None:
                     continue
-                self._offer_new_blocks(req)
+                self._offer_new_blocks(req, out)
                 self._post_token(req, out.token_id, now)
+
+    def _forget_ended(self) -> None:
+        """Drop the requests their callers ended, once the engine has freed them (finish() acts at a step)."""
+        for _ in range(len(self._ended)):
+            req = self._ended.popleft()
+            if req.seq is None:  # never added: _drain_inbox skips it
+                continue
+            if req.seq.is_finished:
+                self._live.pop(req.seq.seq_id, None)
+            else:
+                self._ended.append(req)
+
+    def _publish_engine_state(self) -> None:
+        e = self.engine
+        self.metrics.set_queue(len(e.waiting) + self._inbox.qsize(), len(e.running))
+        self.metrics.set_kv_blocks(e.blocks.num_used, e.blocks.num_free)
+        if e.num_preemptions > self._preemptions_seen:
+            self.metrics.preemptions.inc(e.num_preemptions - self._preemptions_seen)
+            self._preemptions_seen = e.num_preemptions
 
     def _drain_inbox(self) -> None:
         while True:
             try:
-                op, req = self._inbox.get_nowait()
+                req = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if op == "add":
-                seq = self.engine.add_request(req.prompt_ids, req.params, req.request_id)
-                req.seq = seq
-                self._live[seq.seq_id] = req
-                self._import_cached_prefix(req)
-            elif op == "abort" and req.seq is not None and req.seq.seq_id in self._live:
-                self.engine.abort(req.seq)
-                self._live.pop(req.seq.seq_id, None)
+            if req.ended:  # the caller left before it was queued
+                continue
+            req.handle = self.engine.add_request(req.prompt_ids, req.params, req.cached_blocks, req.request_id)
+            req.cached_blocks = []  # the engine holds them until the request runs
+            self._live[req.seq.seq_id] = req
+            if req.ended:  # see _Request.end
+                req.handle.finish()
+                self._ended.append(req)
 
     def _post_token(self, req: _Request, token: int, now: float) -> None:
         seq = req.seq
         if req.last_token_at is None:
             self.metrics.ttft.observe(now - req.arrived)
+            self.metrics.prefill_tokens_reused.inc(seq.imported_tokens)
         else:
             self.metrics.itl.observe(now - req.last_token_at)
         req.last_token_at = now
@@ -206,10 +296,8 @@ class EngineService:
         try:
             req.loop.call_soon_threadsafe(req.events.put_nowait, item)
         except RuntimeError:
-            if req.seq is not None and not req.seq.is_finished:
-                self.engine.abort(req.seq)
-            if req.seq is not None:
-                self._live.pop(req.seq.seq_id, None)
+            self.engine.abort(req.seq)
+            self._live.pop(req.seq.seq_id, None)
 
     def _fail_running(self, exc: Exception) -> None:
         """A failed forward fails the sequences that were in it; queued requests keep their turn."""
@@ -226,30 +314,14 @@ class EngineService:
                 self._post(req, failure)
 
     # --- MemPool: context caching and resume ----------------------------------------------------
-    def _import_cached_prefix(self, req: _Request) -> None:
-        if self.kv_pool is None:
+    def _offer_new_blocks(self, req: _Request, out: StepOutput) -> None:
+        """Give the pool the blocks this step completed, without waiting: the write runs on the pool's
+        thread while the engine steps on (a stalled Redis stalls no batch). A write the pool's full
+        backlog refuses is dropped: the pool is a cache."""
+        if self.kv_pool is None or not out.new_blocks:
             return
-        bs = self.kv_pool.block_size
-        ids = req.prompt_ids
-        matched, blocks = req.cached_prefix
-        req.cached_prefix = (0, [])  # imported below: the engine's copy is the one used from now on
-        if matched:
-            req.seq.kv.import_blocks(blocks, bs)
-            req.seq.kv.truncate(min(matched, len(ids) - 1))  # the last prompt token must run to get logits
-            self.metrics.prefill_tokens_reused.inc(req.seq.num_cached)
-        req.offered_blocks = len(blocks)
-
-    def _offer_new_blocks(self, req: _Request) -> None:
-        """Give the pool every full block this sequence completed since the last offer, without waiting:
-        the write runs on the pool's thread while the engine steps on (a stalled Redis stalls no batch)."""
-        if self.kv_pool is None:
-            return
-        bs = self.kv_pool.block_size
-        seq = req.seq
-        full = seq.num_cached // bs
-        if full > req.offered_blocks:
-            new = seq.kv.export_blocks(bs, full * bs, first_block=req.offered_blocks)
-            write = self.kv_pool.insert_in_background(seq.token_ids[:full * bs], [None] * req.offered_blocks + new)
-            if write is not None:  # None: the pool's backlog is full; these blocks are offered again next time
-                req.pool_writes = [f for f in req.pool_writes if not f.done()] + [write]
-                req.offered_blocks = full
+        full = out.first_block + len(out.new_blocks)
+        tokens = req.seq.token_ids[:full * self.kv_pool.block_size]
+        write = self.kv_pool.insert_in_background(tokens, [None] * out.first_block + out.new_blocks)
+        if write is not None:
+            req.pool_writes = [f for f in req.pool_writes if not f.done()] + [write]

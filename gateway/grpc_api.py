@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import grpc
 
 from eaas.engine.llm_engine import RequestError
@@ -11,7 +14,8 @@ from eaas.protos import gateway_pb2, gateway_pb2_grpc
 
 DEFAULT_MAX_TOKENS = 16
 _CODES = {"unavailable": grpc.StatusCode.UNAVAILABLE, "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
-          "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED}
+          "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
+          "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def sampling_params(req: gateway_pb2.GenerateRequest) -> SamplingParams:
@@ -26,10 +30,10 @@ def sampling_params(req: gateway_pb2.GenerateRequest) -> SamplingParams:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, service: EngineService, model_name: str, info: gateway_pb2.GatewayInfo):
+    def __init__(self, service: EngineService, model_name: str, info: Callable[[], gateway_pb2.GatewayInfo]):
         self.service = service
         self.model_name = model_name
-        self.info = info
+        self.info = info  # called per Info request: the replica table changes while serving
 
     async def Generate(self, request, context):
         try:
@@ -40,14 +44,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             else:
                 raise RequestError("empty request: give prompt_ids or prompt")
             params = sampling_params(request)
-            async for event in self.service.generate(prompt_ids, params, request.request_id,
-                                                     resume_ids=list(request.resume_token_ids)):
-                yield gateway_pb2.GenerateResponse(token_ids=event.token_ids, text=event.text,
-                                                   finish_reason=event.finish_reason or "", index=event.index)
+            events = self.service.generate(prompt_ids, params, request.request_id,
+                                           resume_ids=list(request.resume_token_ids))
+            async with contextlib.aclosing(events):  # a client that leaves ends its generation
+                async for event in events:
+                    yield gateway_pb2.GenerateResponse(token_ids=event.token_ids, text=event.text,
+                                                       finish_reason=event.finish_reason or "", index=event.index)
         except RequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except GenerationFailed as exc:
             await context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
 
     async def Info(self, request, context):
-        return self.info
+        return self.info()

@@ -25,12 +25,20 @@ class GatewayMetrics:
                 "running": Gauge("eaas_gateway_running_sequences", "Sequences in the running batch"),
                 "reused": Counter("eaas_gateway_prefill_tokens_reused_total",
                                   "Prompt tokens whose KV came from the MemPool instead of prefill"),
+                "kv_used": Gauge("eaas_gateway_kv_blocks_used", "KV cache blocks held by running sequences"),
+                "kv_free": Gauge("eaas_gateway_kv_blocks_free", "KV cache blocks free (some still hold a cached prefix)"),
+                "preemptions": Counter("eaas_gateway_preemptions_total",
+                                       "Running sequences preempted (KV freed, recomputed later) for lack of KV blocks"),
+                "refused": Counter("eaas_gateway_requests_refused_total",
+                                   "Requests refused on arrival because the queue was full (HTTP 429, RESOURCE_EXHAUSTED)"),
             }
         m = GatewayMetrics._shared
         self.requests, self.in_progress = m["requests"], m["in_progress"]
         self.ttft, self.itl, self.tokens_generated = m["ttft"], m["itl"], m["tokens"]
         self.waiting, self.running = m["waiting"], m["running"]
-        self.prefill_tokens_reused = m["reused"]  # per-expert routing: eaas_gateway_tokens_routed_total (remote backend)
+        self.prefill_tokens_reused = m["reused"]
+        self.kv_blocks_used, self.kv_blocks_free = m["kv_used"], m["kv_free"]
+        self.preemptions, self.requests_refused = m["preemptions"], m["refused"]  # per-expert routing: eaas_gateway_tokens_routed_total (remote backend)
 
     def requests_started(self) -> None:
         self.in_progress.inc()
@@ -42,3 +50,7 @@ class GatewayMetrics:
     def set_queue(self, waiting: int, running: int) -> None:
         self.waiting.set(waiting)
         self.running.set(running)
+
+    def set_kv_blocks(self, used: int, free: int) -> None:
+        self.kv_blocks_used.set(used)
+        self.kv_blocks_free.set(free)

@@ -12,14 +12,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 import jinja2
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eaas.engine.llm_engine import RequestError
-from eaas.gateway.engine_service import STOPPED_BY_CALLER, EngineService, GenerationFailed, TokenEvent
+from eaas.gateway.engine_service import EngineService, GenerationFailed, QueueFull, TokenEvent, TokenStream
 from eaas.gateway.openai_protocol import (
     InvalidRequest,
     ParsedRequest,
@@ -106,6 +106,10 @@ async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
         return _error(400, str(exc))
     except ModelNotFound as exc:
         return _error(404, str(exc), "model", code="model_not_found")
+    except QueueFull as exc:
+        response = _error(429, str(exc), error_type="rate_limit_error", code="queue_full")
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     except GenerationFailed as exc:
         return _error(503 if exc.code == "unavailable" else 500, str(exc), error_type="server_error", code=exc.code)
     except ClientGone:
@@ -163,7 +167,7 @@ class OpenAIHandlers:
             return await _collect(request, events, req, header, endpoint, len(prompt_ids))
 
 
-async def _collect(request: web.Request, events: AsyncIterator[TokenEvent], req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
+async def _collect(request: web.Request, events: TokenStream, req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
                    prompt_tokens: int) -> web.Response:
     cutter = StopStringCutter(req.stop)
     texts, token_ids, finish_reason = [], [], None
@@ -172,7 +176,7 @@ async def _collect(request: web.Request, events: AsyncIterator[TokenEvent], req:
         texts.append(text)
         token_ids.extend(event.token_ids)
         if _cut_by_stop_string(finish_reason, event):
-            await _finish_early(events)
+            events.finish()  # a normal end (counted "ok"): the rest is not generated
             break
         if request.transport is None or request.transport.is_closing():
             raise ClientGone()
@@ -180,7 +184,7 @@ async def _collect(request: web.Request, events: AsyncIterator[TokenEvent], req:
     return web.json_response(endpoint.body(header, "".join(texts), token_ids, finish_reason, usage))
 
 
-async def _stream(request: web.Request, events: AsyncIterator[TokenEvent], req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
+async def _stream(request: web.Request, events: TokenStream, req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
                   prompt_tokens: int) -> web.StreamResponse:
     """Server-sent events; the response starts with the first token, so that bad input still gets a 400."""
     cutter = StopStringCutter(req.stop)
@@ -197,7 +201,7 @@ async def _stream(request: web.Request, events: AsyncIterator[TokenEvent], req: 
                     await _send_event(response, chunk)
             await _send_event(response, endpoint.chunk(header, text, event.token_ids, finish_reason))
             if _cut_by_stop_string(finish_reason, event):
-                await _finish_early(events)
+                events.finish()
                 break
         if req.include_usage:
             await _send_event(response, usage_chunk(header, endpoint.chunk_object,
@@ -215,15 +219,9 @@ async def _stream(request: web.Request, events: AsyncIterator[TokenEvent], req: 
 
 
 def _cut_by_stop_string(finish_reason: str | None, event: TokenEvent) -> bool:
-    # Only a stop string ends the loop early (_finish_early aborts the rest, counted "ok"); after the engine's
+    # Only a stop string ends the loop early (finish() ends the rest, counted "ok"); after the engine's
     # own last event the loop runs on, so that the service sees the request complete.
     return finish_reason is not None and event.finish_reason is None
-
-
-async def _finish_early(events) -> None:
-    """Tell the service the request ended normally (a stop string), so it is counted "ok", not "cancelled"."""
-    with contextlib.suppress(StopAsyncIteration):
-        await events.asend(STOPPED_BY_CALLER)
 
 
 async def _send_event(response: web.StreamResponse, payload: dict) -> None:

@@ -17,8 +17,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from eaas.engine.factory import engine_with_backend, load_tokenizer
+from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
-from eaas.expert_service.slot_client import make_transport
+from eaas.rpc.slot_transport import make_transport
 from eaas.gateway import discovery
 from eaas.gateway.engine_service import EngineService
 from eaas.gateway.grpc_api import GatewayServicer
@@ -54,12 +55,14 @@ class GatewayOptions:
     micro_batches: int = 2
     prefix_cache: bool = True
     block_size: int = 16
+    kv_cache_bytes: int | None = None   # None: kv_budget.py's default share of memory
+    max_queued_requests: int = DEFAULT_MAX_QUEUED
     refresh_s: float = 2.0
     watch_endpoints: bool = False  # topology groups' replicas from an Endpoints watch, not DNS
     namespace: str | None = None  # of the watched Endpoints; None: the pod's own
     kubeconfig: str | None = None  # outside a pod
     drain_s: float = 30.0
-    transport: str = "auto"  # expert data path: auto | shm | grpc (expert_service/slot_client.py)
+    transport: str = "auto"  # expert data path: auto | shm | grpc (eaas/rpc/slot_transport.py)
 
 
 class Gateway:
@@ -151,23 +154,29 @@ class Gateway:
                                            transport=make_transport(self.opts.transport))
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
-                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches)
+                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches,
+                                     o.kv_cache_bytes, o.block_size)
+        log.info("KV cache: %d blocks of %d tokens, %.2f GiB preallocated", engine.blocks.num_blocks,
+                 engine.block_size, engine.kv.nbytes / 2**30)
         kv_pool = None
         if o.prefix_cache:
             from eaas.mempool import SyncKVPool
 
             kv_pool = SyncKVPool.from_url(o.redis, deployment=o.deployment, fingerprint=self.fingerprint,
                                           block_size=o.block_size)
-        return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool)
+        return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool,
+                             max_queued_requests=o.max_queued_requests)
 
     def gateway_info(self) -> gateway_pb2.GatewayInfo:
-        groups = [f"{g.name}={format_expert_ids(g.expert_ids)}" for g in self.backend_groups()]
+        """Built per Info call: expert_groups follows the live replica table."""
+        live = self.backend.groups() if self.backend else []
+        groups = [f"{g.name}={format_expert_ids(g.expert_ids)}" for g in live]
         return gateway_pb2.GatewayInfo(model_name=self.model_name, model_fingerprint=self.fingerprint,
                                        model_type=self.ckpt.family.model_type, num_experts=self.num_experts,
                                        expert_groups=groups)
 
-    def backend_groups(self):
-        return [g.spec for g in self.backend._groups] if self.backend else []
+    def grpc_servicer(self) -> GatewayServicer:
+        return GatewayServicer(self.service, self.model_name, self.gateway_info)
 
     @property
     def model_name(self) -> str:
@@ -181,8 +190,7 @@ class Gateway:
         self.service.start()
 
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
-        gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(self.service, self.model_name, self.gateway_info()), server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(self.grpc_servicer(), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([GATEWAY_SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)

@@ -18,18 +18,22 @@ def quiet_transformers() -> None:
 
 
 def engine_with_backend(ckpt: Checkpoint, backend: ExpertBackend, dtype: str = "float32",
-                        limits: ScheduleLimits = ScheduleLimits(), micro_batches: int = 1) -> LLMEngine:
+                        limits: ScheduleLimits = ScheduleLimits(), micro_batches: int = 1,
+                        kv_cache_bytes: int | None = None, block_size: int = 16) -> LLMEngine:
+    """kv_cache_bytes: the KV budget, preallocated now (None: kv_budget.py's default share of memory)."""
     quiet_transformers()
-    return LLMEngine(load_dense_model(ckpt, backend, parse_dtype(dtype)), limits, micro_batches)
+    return LLMEngine(load_dense_model(ckpt, backend, parse_dtype(dtype)), limits, micro_batches,
+                     kv_cache_bytes, block_size)
 
 
 def monolithic_engine(model_dir: str | Path, dtype: str = "float32", limits: ScheduleLimits = ScheduleLimits(),
-                      micro_batches: int = 1) -> LLMEngine:
+                      micro_batches: int = 1, kv_cache_bytes: int | None = None, block_size: int = 16) -> LLMEngine:
     """Dense model + every routed expert in this process, behind the same backend seam."""
     quiet_transformers()
     ckpt = Checkpoint(model_dir)
     experts = load_expert_weights(ckpt, dtype=parse_dtype(dtype))
-    return engine_with_backend(ckpt, LocalExpertBackend(experts), dtype, limits, micro_batches)
+    return engine_with_backend(ckpt, LocalExpertBackend(experts), dtype, limits, micro_batches,
+                               kv_cache_bytes, block_size)
 
 
 def load_tokenizer(model_dir: str | Path):

@@ -1,153 +1,143 @@
-"""KV cache in slots: every running sequence owns one slot of per-layer [slots, heads, capacity, dim]
-buffers, so a packed forward writes all new keys with one scatter and reads the batch with one gather.
+"""The KV cache in paged blocks, preallocated once from a byte budget.
 
+Every layer has a K and a V tensor of [num_blocks, block_size, heads, dim]; token position p of a
+sequence lives in block table[p // block_size] at offset p % block_size, where `table` is the
+sequence's block table (block_manager.py decides which blocks). A packed forward writes all new keys
+with one scatter of rows and reads each sequence's context back with one gather of whole blocks per
+layer (a block is one contiguous run of memory, so the gather copies few large pieces), padded to the
+longest context of the batch (attention.py masks the padding).
 MLA layers cache their compressed latents the same way (whatever the attention module hands to
-`update`). A sequence's cache is exportable as fixed-size token blocks (for the MemPool) and
-importable back.
+`update`). Token ranges leave and come back as MemPool blocks: [k0, v0, k1, v1, ...], each
+[heads, tokens, dim].
 """
 
 from __future__ import annotations
 
-import threading
+from dataclasses import dataclass
 
 import torch
 
 from eaas.engine.layout import BatchLayout
 
 
-class KVSlots:
-    """The shared store: lazily shaped per layer on first write, grown by doubling (slots or capacity)."""
+@dataclass(frozen=True)
+class LayerShape:
+    """What one layer caches per token: K [k_heads, k_dim], V [v_heads, v_dim], in `dtype`."""
+    k_heads: int
+    k_dim: int
+    v_heads: int
+    v_dim: int
+    dtype: torch.dtype
 
-    def __init__(self, num_layers: int, initial_slots: int = 8, initial_capacity: int = 64):
-        self.num_layers = num_layers
-        self.layers: list[list[torch.Tensor] | None] = [None] * num_layers
-        self.num_slots = initial_slots
-        self.capacity = initial_capacity
-        self._free = list(range(initial_slots - 1, -1, -1))
-        self._create_lock = threading.Lock()  # micro-batch threads may both reach a layer's first write
-
-    def new_sequence(self) -> "SequenceKV":
-        return SequenceKV(self)
-
-    def alloc(self) -> int:
-        if not self._free:
-            old = self.num_slots
-            self._resize(slots=2 * old)
-            self._free = list(range(2 * old - 1, old - 1, -1))
-        return self._free.pop()
-
-    def release(self, slot: int) -> None:
-        self._free.append(slot)
-
-    def reserve(self, tokens: int) -> None:
-        """Make room for `tokens` positions per slot. Not thread-safe: call before parallel forwards."""
-        if tokens > self.capacity:
-            cap = self.capacity
-            while cap < tokens:
-                cap *= 2
-            self._resize(capacity=cap)
-
-    def _resize(self, slots: int | None = None, capacity: int | None = None) -> None:
-        slots, capacity = slots or self.num_slots, capacity or self.capacity
-        for i, bufs in enumerate(self.layers):
-            if bufs is None:
-                continue
-            grown = []
-            for t in bufs:
-                new = t.new_zeros(slots, t.shape[1], capacity, t.shape[3])
-                new[:t.shape[0], :, :t.shape[2]] = t
-                grown.append(new)
-            self.layers[i] = grown
-        self.num_slots, self.capacity = slots, capacity
-
-    def buffers(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> list[torch.Tensor]:
-        """The layer's [K, V] buffers, created on first use with the shapes the module produces."""
-        bufs = self.layers[layer]
-        if bufs is None:
-            with self._create_lock:
-                bufs = self.layers[layer]
-                if bufs is None:
-                    bufs = [k.new_zeros(self.num_slots, k.shape[-3], self.capacity, k.shape[-1]),
-                            v.new_zeros(self.num_slots, v.shape[-3], self.capacity, v.shape[-1])]
-                    self.layers[layer] = bufs
-        return bufs
+    @property
+    def bytes_per_token(self) -> int:
+        return (self.k_heads * self.k_dim + self.v_heads * self.v_dim) * self.dtype.itemsize
 
 
-class SequenceKV:
-    """One sequence's view of the store: its slot and how many tokens are cached."""
-
-    def __init__(self, store: KVSlots):
-        self.store = store
-        self.slot = store.alloc()
-        self.length = 0
-        self.released = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.store.release(self.slot)
-            self.released = True
-
-    @torch.inference_mode()  # the store's buffers are inference tensors (made during forwards)
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k [heads, n, dk], v [heads, n, dv] at positions start..start+n-1."""
-        self.store.reserve(start + k.shape[1])
-        bufs = self.store.buffers(layer, k, v)
-        bufs[0][self.slot, :, start:start + k.shape[1]] = k
-        bufs[1][self.slot, :, start:start + v.shape[1]] = v
-
-    def export_blocks(self, block_size: int, num_tokens: int | None = None, first_block: int = 0) -> list[list[torch.Tensor]]:
-        """Full blocks first_block.. of the first `num_tokens` cached tokens: [k0, v0, k1, v1, ...] clones."""
-        n = self.length if num_tokens is None else min(num_tokens, self.length)
-        blocks = []
-        for b in range(first_block, n // block_size):
-            lo, hi = b * block_size, (b + 1) * block_size
-            blocks.append([t[self.slot, :, lo:hi].clone() for bufs in self.store.layers for t in bufs])
-        return blocks
-
-    def import_blocks(self, blocks: list[list[torch.Tensor]], block_size: int) -> None:
-        """Load blocks (as given by export_blocks) as this sequence's first len(blocks)*block_size tokens."""
-        for b, block in enumerate(blocks):
-            for layer in range(self.store.num_layers):
-                self.write(layer, b * block_size, block[2 * layer], block[2 * layer + 1])
-        self.length = len(blocks) * block_size
-
-    def truncate(self, length: int) -> None:
-        self.length = min(self.length, length)
+def bytes_per_block(shapes: list[LayerShape], block_size: int) -> int:
+    return block_size * sum(s.bytes_per_token for s in shapes)
 
 
-class PackedKVCache:
+class KVCache:
+    """The preallocated tensors of every layer (zeros: padded reads of never-written rows stay finite)."""
+
+    def __init__(self, shapes: list[LayerShape], num_blocks: int, block_size: int, device="cpu"):
+        self.shapes = shapes
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.blocks = [(torch.zeros(num_blocks, block_size, s.k_heads, s.k_dim, dtype=s.dtype, device=device),
+                        torch.zeros(num_blocks, block_size, s.v_heads, s.v_dim, dtype=s.dtype, device=device))
+                       for s in shapes]
+        self.layers = [(k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])) for k, v in self.blocks]  # by row
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.blocks)
+
+    def rows(self, table: list[int], lo: int, hi: int) -> torch.Tensor:
+        """Cache rows of positions lo..hi-1 of a sequence with block table `table`."""
+        pos = torch.arange(lo, hi)
+        return torch.tensor(table, dtype=torch.long)[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def export_tokens(self, table: list[int], lo: int, hi: int) -> list[torch.Tensor]:
+        """Copies of positions lo..hi-1, as one MemPool block: [k0, v0, k1, v1, ...] of [heads, hi - lo, dim]."""
+        rows = self.rows(table, lo, hi)
+        return [t.index_select(0, rows).transpose(0, 1).contiguous() for kv in self.layers for t in kv]
+
+    @torch.inference_mode()
+    def import_tokens(self, table: list[int], lo: int, block: list[torch.Tensor]) -> None:
+        """Write one MemPool block (as export_tokens gives) at positions lo.. of the sequence."""
+        rows = self.rows(table, lo, lo + block[0].shape[1])
+        for i, kv in enumerate(self.layers):
+            for j, t in enumerate(kv):
+                t[rows] = block[2 * i + j].transpose(0, 1).to(t.dtype)
+
+
+class PagedBatch:
     """Duck-types transformers' Cache.update for one packed forward over several sequences."""
 
-    def __init__(self, kvs: list[SequenceKV], layout: BatchLayout):
-        stores = {id(kv.store) for kv in kvs}
-        if len(stores) != 1:
-            raise ValueError("all sequences of one forward must share one KVSlots store")
-        self.store = kvs[0].store
-        self.kvs = kvs
+    def __init__(self, cache: KVCache, layout: BatchLayout, tables: list[list[int]]):
+        self.cache = cache
         self.layout = layout
-        self.store.reserve(layout.max_context)
-        slot_list = [kv.slot for kv in kvs]
-        slots = torch.tensor(slot_list, dtype=torch.long)
-        self.batch_slots = slots
-        # slots lo..lo+B-1 in order (the usual case: the free list hands out the lowest first): attention
-        # can read a view of the store instead of gathering a copy every layer
-        lo = slot_list[0]
-        self.slot_range = slice(lo, lo + len(slot_list)) if slot_list == list(range(lo, lo + len(slot_list))) else None
-        self.token_slots = slots.repeat_interleave(torch.tensor(layout.new))  # [T]
+        bs = cache.block_size
+        # plain Python for these few hundred indices: cheaper than a dozen small tensor ops every step
+        rows = []
+        for table, start, n in zip(tables, layout.cached, layout.new):
+            rows.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+        self.write_rows = torch.tensor(rows, dtype=torch.long)  # [T]
+        width = -(-layout.max_context // bs)
+        # [B * width]: blocks past a sequence's context read block 0 (zeros or stale), masked in attention
+        self.read_blocks = torch.tensor([b for t in tables for b in (t + [0] * width)[:width]],
+                                        dtype=torch.long)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        k_new = key_states[0].transpose(0, 1)  # [T, heads, dim]
-        v_new = value_states[0].transpose(0, 1)
-        kb, vb = self.store.buffers(layer_idx, key_states, value_states)
-        pos = self.layout.positions
-        kb[self.token_slots, :, pos] = k_new
-        vb[self.token_slots, :, pos] = v_new
-        n = self.layout.max_context
-        if self.slot_range is not None:
-            return kb[self.slot_range, :, :n], vb[self.slot_range, :, :n]
-        return kb[:, :, :n].index_select(0, self.batch_slots), vb[:, :, :n].index_select(0, self.batch_slots)
+        kc, vc = self.cache.layers[layer_idx]
+        kc.index_copy_(0, self.write_rows, key_states[0].transpose(0, 1))  # [T, heads, dim]
+        vc.index_copy_(0, self.write_rows, value_states[0].transpose(0, 1))
+        kb, vb = self.cache.blocks[layer_idx]
+        return self._context(kb), self._context(vb)
 
-    def commit(self) -> None:
-        """After the forward: every sequence now caches its new tokens too."""
-        for i, kv in enumerate(self.kvs):
-            kv.length = self.layout.context[i]
+    def _context(self, blocks: torch.Tensor) -> torch.Tensor:
+        """[B, heads, max_context, dim]: every sequence's cached tokens, gathered block by block."""
+        B, n = len(self.layout.new), self.layout.max_context
+        out = blocks.index_select(0, self.read_blocks)  # [B * width, block_size, heads, dim]
+        return out.view(B, -1, blocks.shape[2], blocks.shape[3])[:, :n].transpose(1, 2)
+
+
+class _ShapeSeen(Exception):
+    pass
+
+
+class _ShapeProbe:
+    """A Cache whose update records the K/V shapes a layer produces, then stops the forward."""
+
+    def __init__(self):
+        self.shape: LayerShape | None = None
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.shape = LayerShape(key_states.shape[1], key_states.shape[-1], value_states.shape[1],
+                                value_states.shape[-1], key_states.dtype)
+        raise _ShapeSeen
+
+
+@torch.inference_mode()
+def probe_layer_shapes(hf_model) -> list[LayerShape]:
+    """Per-token K/V shape of every layer, from one token through each attention module (no experts run)."""
+    inner = hf_model.model
+    param = next(inner.parameters())
+    h = torch.zeros(1, 1, hf_model.config.hidden_size, dtype=param.dtype, device=param.device)
+    positions = torch.zeros(1, 1, dtype=torch.long, device=param.device)
+    pos_emb = inner.rotary_emb(h, positions)
+    layout = BatchLayout([0], [1])
+    shapes = []
+    for layer in inner.layers:
+        probe = _ShapeProbe()
+        try:
+            layer.self_attn(hidden_states=h, attention_mask=None, position_ids=positions, past_key_values=probe,
+                            position_embeddings=pos_emb, eaas_layout=layout)
+        except _ShapeSeen:
+            pass
+        if probe.shape is None:
+            raise RuntimeError(f"{type(layer.self_attn).__name__} did not write its KV cache")
+        shapes.append(probe.shape)
+    return shapes

@@ -1,19 +1,28 @@
-"""The generation loop: schedule -> run -> sample, with requests joining and leaving between steps."""
+"""The generation loop: schedule -> run -> sample, with requests joining and leaving between steps.
+
+The engine owns its memory: KV lives in blocks preallocated from a byte budget (kv_budget.py); a
+request holds blocks only while it runs (queued ones hold none); when decoding runs out of blocks the
+newest running request is preempted and later recomputed, which changes none of its tokens.
+"""
 
 from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from eaas.engine.kv_cache import KVSlots
+from eaas.engine.block_manager import BlockManager, blocks_for, chain_hashes
+from eaas.engine.kv_budget import default_kv_cache_bytes, num_blocks_in_budget
+from eaas.engine.kv_cache import KVCache, bytes_per_block, probe_layer_shapes
 from eaas.engine.model_runner import ModelRunner
 from eaas.engine.sampler import sample_next
-from eaas.engine.scheduler import ScheduleLimits, schedule
+from eaas.engine.scheduler import Demand, ScheduleLimits, schedule
 from eaas.engine.sequence import SamplingParams, Sequence, Status
 from eaas.model.dense import DenseModel
+
+Block = list[torch.Tensor]  # one MemPool block: [k0, v0, k1, v1, ...], each [heads, tokens, dim]
 
 
 class RequestError(ValueError):
@@ -24,7 +33,20 @@ class RequestError(ValueError):
 class StepOutput:
     seq: Sequence
     token_id: int
-    finished: bool
+    new_blocks: list[Block] = field(default_factory=list)  # MemPool blocks completed since its last output
+    first_block: int = 0                                    # index of new_blocks[0] among its blocks
+
+
+class RequestHandle:
+    """What add_request returns: the sequence, and finish() to end it now (from any thread)."""
+
+    def __init__(self, engine: "LLMEngine", seq: Sequence):
+        self.engine = engine
+        self.seq = seq
+
+    def finish(self) -> None:
+        """End the request at the engine's next step, freeing its KV; the tokens not yet made never are."""
+        self.engine._finish_requests.append(self.seq)  # deque.append: safe from another thread
 
 
 def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
@@ -35,10 +57,18 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 class LLMEngine:
-    def __init__(self, model: DenseModel, limits: ScheduleLimits = ScheduleLimits(), micro_batches: int = 1):
+    def __init__(self, model: DenseModel, limits: ScheduleLimits = ScheduleLimits(), micro_batches: int = 1,
+                 kv_cache_bytes: int | None = None, block_size: int = 16):
         self.model = model
-        self.runner = ModelRunner(model)
         self.limits = limits
+        shapes = probe_layer_shapes(model.hf)
+        budget = default_kv_cache_bytes() if kv_cache_bytes is None else kv_cache_bytes
+        num_blocks = num_blocks_in_budget(budget, bytes_per_block(shapes, block_size), block_size,
+                                          limits.max_num_seqs, model.max_positions)
+        self.kv = KVCache(shapes, num_blocks, block_size)
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.block_size = block_size
+        self.runner = ModelRunner(model, self.kv)
         # micro_batches > 1: split each step into disjoint sub-batches run in parallel threads, so one
         # computes attention while another waits on remote experts (MegaScale-Infer's ping-pong).
         self.micro_batches = max(1, micro_batches)
@@ -47,8 +77,9 @@ class LLMEngine:
         self.running: list[Sequence] = []
         self.eos_ids = model.eos_token_ids
         self.num_layers = model.config.num_hidden_layers
-        self.kv_slots = KVSlots(self.num_layers, initial_slots=min(limits.max_num_seqs, 64))
-        self._finished_kv: list = []  # released at the next step, so callers can still export them
+        self.export_block_size: int | None = None  # set: step outputs carry completed blocks of this many tokens
+        self.num_preemptions = 0
+        self._finish_requests: deque[Sequence] = deque()
 
     # --- requests -------------------------------------------------------------------------------
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
@@ -63,62 +94,161 @@ class LLMEngine:
         if bad:
             raise RequestError(f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
         limit = self.model.max_positions
-        if len(prompt_ids) + params.max_tokens > limit:
+        total = len(prompt_ids) + params.max_tokens
+        if total > limit:
             raise RequestError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
                                f"the model's context of {limit} tokens")
+        if blocks_for(total, self.block_size) > self.blocks.num_blocks:
+            raise RequestError(f"prompt + max_tokens ({total} tokens) exceeds the KV cache of "
+                               f"{self.blocks.num_blocks * self.block_size} tokens (--kv-cache-bytes)")
 
-    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "") -> Sequence:
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, cached_blocks: list[Block] | None = None,
+                    request_id: str = "") -> RequestHandle:
+        """Queue a request. cached_blocks: MemPool blocks of the prompt's first tokens (export_block_size
+        tokens each), written into the cache when the request starts running."""
         self.check_request(prompt_ids, params)
-        seq = Sequence([int(t) for t in prompt_ids], params, self.kv_slots, request_id=request_id)
+        seq = Sequence([int(t) for t in prompt_ids], params, request_id=request_id)
+        if cached_blocks:
+            seq.pending_import = list(cached_blocks)
+            seq.exported_blocks = len(cached_blocks)  # the pool has them already
         self.waiting.append(seq)
-        return seq
+        return RequestHandle(self, seq)
 
     def abort(self, seq: Sequence) -> None:
-        if seq in self.waiting:
-            self.waiting.remove(seq)
+        """End a sequence now (on the engine's thread; from elsewhere use its handle's finish())."""
+        if seq.is_finished:
+            return
         if seq in self.running:
             self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
         self._finish(seq, "abort")
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self._finish_requests)
 
     # --- one step -------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
-        for kv in self._finished_kv:
-            kv.release()
-        self._finished_kv.clear()
-        waiting = list(self.waiting)
-        picked, admitted = schedule([s.num_uncached for s in self.running],
-                                    [s.num_uncached for s in waiting], self.limits)
-        for _ in range(admitted):
-            seq = self.waiting.popleft()
-            seq.status = Status.RUNNING
-            self.running.append(seq)
-        if not picked:
+        while self._finish_requests:
+            self.abort(self._finish_requests.popleft())
+        running = list(self.running)
+        waiting = [self.waiting[j] for j in range(min(len(self.waiting), self.limits.max_num_seqs))]
+        plan = schedule([self._running_demand(s) for s in running], [self._waiting_demand(s) for s in waiting],
+                        self.blocks.num_free, self.block_size, self.limits)
+        for i in plan.preempted:  # newest first, so the oldest ends at the head of the queue
+            self._preempt(running[i])
+        batch, counts = [], []
+        for p in plan.scheduled:
+            if p.index < len(running):
+                seq = running[p.index]
+                self.blocks.grow(seq.block_table, seq.num_cached + p.tokens)
+                batch.append(seq)
+                counts.append(p.tokens)
+            elif (take := self._admit(waiting[p.index - len(running)], p.tokens)) is not None:
+                batch.append(self.running[-1])
+                counts.append(take)
+            else:
+                break  # the queue keeps its order: nobody overtakes a request that did not fit
+        if not batch:
             return []
-        candidates = self.running  # running first, then the ones just admitted, in the same order
-        batch = [candidates[p.index] for p in picked]
-        counts = [p.tokens for p in picked]
         logits = self._forward(batch, counts)
         greedy = logits.argmax(-1).tolist()  # one op for every greedy sequence
         outputs = []
-        for i, seq in enumerate(batch):
+        for i, (seq, n) in enumerate(zip(batch, counts)):
+            self._cached_more(seq, n)
             if seq.num_uncached > 0:  # mid-prompt chunk: nothing to sample yet
                 continue
             p = seq.params
             token = greedy[i] if p.temperature <= 0 else sample_next(logits[i], p.temperature, p.top_p, seq.next_generator())
             seq.output_ids.append(token)
+            outputs.append(self._output(seq, token))
             reason = self._stop_reason(seq, token)
             if reason:
                 self.running.remove(seq)
                 self._finish(seq, reason)
-            outputs.append(StepOutput(seq, token, reason is not None))
         return outputs
+
+    def _running_demand(self, seq: Sequence) -> Demand:
+        table = seq.block_table
+        return Demand(seq.num_cached, seq.num_uncached, len(table), self.blocks.exclusive(table))
+
+    def _waiting_demand(self, seq: Sequence) -> Demand:
+        names = self._names(seq, (seq.num_tokens - 1) // self.block_size)  # the last token always runs
+        cached = max(len(self.blocks.cached_prefix(names)) * self.block_size, self._import_tokens(seq))
+        return Demand(cached, seq.num_tokens - cached, self.blocks.shared_hits(names))
+
+    def _names(self, seq: Sequence, n: int) -> list[bytes]:
+        """Chain hashes of the sequence's first n full blocks (memoised on the sequence)."""
+        have, bs = len(seq.block_names), self.block_size
+        if n > have:
+            start = seq.block_names[-1] if have else b""
+            seq.block_names += chain_hashes(seq.token_ids[have * bs:n * bs], bs, start)
+        return seq.block_names[:n]
+
+    def _import_tokens(self, seq: Sequence) -> int:
+        return min(sum(b[0].shape[1] for b in seq.pending_import), seq.num_tokens - 1)
+
+    def _admit(self, seq: Sequence, planned: int) -> int | None:
+        """Start running a waiting sequence: shared cached blocks, then MemPool blocks, then fresh ones.
+        Returns how many tokens it feeds now, or None when its blocks do not fit after all."""
+        table = self.blocks.take_cached(self._names(seq, (seq.num_tokens - 1) // self.block_size))
+        seq.block_table, seq.num_cached = table, len(table) * self.block_size
+        take = min(planned, seq.num_tokens - max(seq.num_cached, self._import_tokens(seq)))
+        end = max(seq.num_cached, self._import_tokens(seq)) + take
+        if blocks_for(end, self.block_size) - len(table) > self.blocks.num_free:
+            self.blocks.release(table)  # a cached block it counted on went to someone earlier this step
+            seq.num_cached = 0
+            return None
+        self.blocks.grow(table, end)
+        self._write_import(seq)
+        self.waiting.remove(seq)
+        seq.status = Status.RUNNING
+        self.running.append(seq)
+        return end - seq.num_cached
+
+    def _write_import(self, seq: Sequence) -> None:
+        """Write the MemPool blocks past what the engine's own cache already had."""
+        upto, lo = self._import_tokens(seq), 0
+        for block in seq.pending_import:
+            n = block[0].shape[1]
+            a, b = max(lo, seq.num_cached), min(lo + n, upto)
+            if a < b:
+                self.kv.import_tokens(seq.block_table, a, [t[:, a - lo:b - lo] for t in block])
+            lo += n
+        if upto > seq.num_cached:
+            seq.imported_tokens = upto - seq.num_cached
+            seq.num_cached = upto
+        seq.pending_import = []
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.release(seq.block_table)
+        seq.num_cached = 0
+        seq.status = Status.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _cached_more(self, seq: Sequence, n: int) -> None:
+        """After the forward: n more tokens cached; name the blocks that became full (prefix sharing)."""
+        before = seq.num_cached // self.block_size
+        seq.num_cached += n
+        full = seq.num_cached // self.block_size
+        if full > before:
+            names = self._names(seq, full)
+            for b in range(before, full):
+                self.blocks.name(seq.block_table[b], names[b])
+
+    def _output(self, seq: Sequence, token: int) -> StepOutput:
+        ebs = self.export_block_size
+        if not ebs:
+            return StepOutput(seq, token)
+        first, full = seq.exported_blocks, seq.num_cached // ebs
+        new = [self.kv.export_tokens(seq.block_table, b * ebs, (b + 1) * ebs) for b in range(first, full)]
+        seq.exported_blocks = max(first, full)
+        return StepOutput(seq, token, new, first)
 
     def _forward(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
         """Last-token logits [B, V] of the batch, in micro-batches when configured."""
-        self.kv_slots.reserve(max(s.num_cached + n for s, n in zip(batch, counts)))  # grow before threads
         parts = split_evenly(len(batch), self.micro_batches)
         jobs = [(batch[lo:hi], counts[lo:hi]) for lo, hi in parts]
         if len(jobs) == 1:
@@ -128,9 +258,8 @@ class LLMEngine:
     def _forward_one(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
         input_ids: list[int] = []
         for seq, n in zip(batch, counts):
-            start = seq.num_cached
-            input_ids.extend(seq.token_ids[start:start + n])
-        return self.runner.forward(input_ids, [s.kv for s in batch], counts)
+            input_ids.extend(seq.token_ids[seq.num_cached:seq.num_cached + n])
+        return self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts)
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
@@ -143,13 +272,14 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status = Status.FINISHED
         seq.finish_reason = reason
-        self._finished_kv.append(seq.kv)
+        self.blocks.release(seq.block_table)
+        seq.pending_import = []
 
     # --- convenience ----------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
         """Run prompts to completion together (continuous batching); returns generated ids per prompt."""
         plist = params if isinstance(params, list) else [params] * len(prompts)
-        seqs = [self.add_request(p, sp) for p, sp in zip(prompts, plist)]
+        seqs = [self.add_request(p, sp).seq for p, sp in zip(prompts, plist)]
         while self.has_unfinished():
             self.step()
         return [s.output_ids for s in seqs]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from eaas.engine.kv_cache import PackedKVCache, SequenceKV
+from eaas.engine.kv_cache import KVCache, PagedBatch
 from eaas.engine.layout import BatchLayout
 from eaas.model.dense import DenseModel
 
 
 class ModelRunner:
-    def __init__(self, model: DenseModel):
+    def __init__(self, model: DenseModel, kv: KVCache):
         self.model = model
+        self.kv = kv
         inner = model.hf.model
         self.embed = inner.embed_tokens
         self.layers = inner.layers
@@ -20,14 +21,15 @@ class ModelRunner:
         self.lm_head = model.hf.lm_head
 
     @torch.inference_mode()
-    def forward(self, input_ids: list[int], kvs: list[SequenceKV], new_counts: list[int],
+    def forward(self, input_ids: list[int], tables: list[list[int]], cached: list[int], new_counts: list[int],
                 all_logits: bool = False) -> torch.Tensor:
-        """Feed each sequence's new tokens (packed in order) after its cached ones.
+        """Feed each sequence's new tokens (packed in order) after its `cached` ones; tables[i] (sequence i's
+        block table) already holds blocks for all of them.
 
         Returns logits [B, V] of each sequence's last new token (or [T, V] of every token if all_logits).
         """
-        layout = BatchLayout([kv.length for kv in kvs], new_counts)
-        cache = PackedKVCache(kvs, layout)
+        layout = BatchLayout(cached, new_counts)
+        cache = PagedBatch(self.kv, layout, tables)
         ids = torch.tensor(input_ids, dtype=torch.long).unsqueeze(0)
         positions = layout.positions.unsqueeze(0)
         h = self.embed(ids)
@@ -37,6 +39,5 @@ class ModelRunner:
                       position_embeddings=pos_emb, eaas_layout=layout)
             if isinstance(h, tuple):
                 h = h[0]
-        cache.commit()
         h = h[0] if all_logits else h[0, layout.last_index]
         return self.lm_head(self.norm(h)).float()

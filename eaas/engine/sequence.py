@@ -1,4 +1,4 @@
-"""One request: its tokens, sampling parameters, KV cache and state."""
+"""One request: its tokens, sampling parameters, block table and state."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from enum import Enum
 
 import torch
 
-from eaas.engine.kv_cache import KVSlots, SequenceKV
 
 _ids = itertools.count()
 
@@ -55,18 +54,21 @@ class Status(Enum):
 class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
-    kv_store: KVSlots
     request_id: str = ""
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
     finish_reason: str | None = None  # "stop" | "length" | "abort"
-    kv: SequenceKV = field(init=False)
+    block_table: list[int] = field(default_factory=list)  # KV blocks, in token order (empty while waiting)
+    num_cached: int = 0               # leading tokens whose KV is in those blocks
+    block_names: list[bytes] = field(default_factory=list)  # chain hashes of its full blocks, computed so far
+    pending_import: list = field(default_factory=list)      # MemPool blocks, written in on admission
+    imported_tokens: int = 0          # prompt tokens whose KV came from the MemPool
+    exported_blocks: int = 0          # MemPool-sized blocks already handed out in step outputs (or imported)
     generator: torch.Generator | None = field(init=False, default=None)
     seed: int | None = field(init=False, default=None)
 
     def __post_init__(self):
-        self.kv = self.kv_store.new_sequence()
         if self.params.temperature > 0:
             self.generator = torch.Generator()
             self.seed = self.params.seed if self.params.seed is not None else torch.seed()
@@ -85,13 +87,9 @@ class Sequence:
         return len(self.prompt_ids) + len(self.output_ids)
 
     @property
-    def num_cached(self) -> int:
-        return self.kv.length
-
-    @property
     def num_uncached(self) -> int:
         """Tokens still to be fed through the model (prompt remainder, or the last sampled token)."""
-        return self.num_tokens - self.kv.length
+        return self.num_tokens - self.num_cached
 
     @property
     def is_finished(self) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from eaas.errors import UserError
 from eaas.gateway.discovery import (format_expert_servers, groups_from_registry, groups_from_topology, load_topology,
                                     parse_expert_servers, usable)
-from eaas.gateway.remote_backend import GroupSpec
+from eaas.gateway.replica_table import GroupSpec
 from eaas.mempool import ReplicaInfo
 
 

@@ -30,10 +30,12 @@ def test_prefill_and_decode_logits_match_transformers(hf_checkpoint):
     arch, path, hf = hf_checkpoint
     engine = monolithic_engine(path)
     prompt = PROMPTS[1]
-    kv = engine.kv_slots.new_sequence()
-    ours = engine.runner.forward(prompt[:-3], [kv], [len(prompt) - 3], all_logits=True)
-    for t in prompt[-3:]:  # three decode steps against the cache
-        ours = torch.cat([ours, engine.runner.forward([t], [kv], [1])])
+    table: list[int] = []
+    engine.blocks.grow(table, len(prompt))
+    n = len(prompt) - 3
+    ours = engine.runner.forward(prompt[:-3], [table], [0], [n], all_logits=True)
+    for i, t in enumerate(prompt[-3:]):  # three decode steps against the cache
+        ours = torch.cat([ours, engine.runner.forward([t], [table], [n + i], [1])])
     with torch.no_grad():
         ref = hf(torch.tensor([prompt])).logits[0].float()
     assert ours.shape == ref.shape

@@ -1,4 +1,4 @@
-"""A sequence's KV cache leaves as fixed-size blocks and comes back without changing a token."""
+"""A sequence's cache leaves as MemPool blocks with the step outputs and comes back without changing a token."""
 
 from __future__ import annotations
 
@@ -10,48 +10,70 @@ from eaas.engine.sequence import SamplingParams
 BLOCK = 16
 
 
+def run_collecting_blocks(engine, handle) -> list:
+    """Step to the end; the MemPool blocks the step outputs handed out for this request, in order."""
+    blocks = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.seq is handle.seq:
+                assert out.first_block == len(blocks)  # each block is handed out once, in order
+                blocks += out.new_blocks
+    return blocks
+
+
 def test_exported_blocks_resume_generation_exactly(hf_checkpoint):
     arch, path, _ = hf_checkpoint
-    engine = monolithic_engine(path)
     prompt = [(i * 11) % 250 for i in range(40)]
     params = SamplingParams(max_tokens=10, ignore_eos=True)
-    reference = engine.generate([prompt], params)[0]
+    reference = monolithic_engine(path).generate([prompt], params)[0]
 
-    first = engine.add_request(prompt, SamplingParams(max_tokens=1, ignore_eos=True))
-    while engine.has_unfinished():
-        engine.step()
-    blocks = first.kv.export_blocks(BLOCK)
+    engine = monolithic_engine(path)
+    engine.export_block_size = BLOCK
+    blocks = run_collecting_blocks(engine, engine.add_request(prompt, SamplingParams(max_tokens=1, ignore_eos=True)))
     assert len(blocks) == 40 // BLOCK
     assert len(blocks[0]) == 2 * engine.num_layers and all(t.shape[1] == BLOCK for t in blocks[0])
 
-    resumed = engine.add_request(prompt, params)
-    resumed.kv.import_blocks([[t.clone() for t in b] for b in blocks], BLOCK)
-    assert resumed.num_cached == 32 and resumed.num_uncached == 8  # only the tail is recomputed
-    while engine.has_unfinished():
-        engine.step()
-    assert resumed.output_ids == reference, arch
+    other = monolithic_engine(path)  # a fresh engine (another gateway): its own cache knows nothing
+    resumed = other.add_request(prompt, params, cached_blocks=[[t.clone() for t in b] for b in blocks])
+    other.step()
+    assert resumed.seq.imported_tokens == 32 and len(resumed.seq.output_ids) == 1  # only the tail ran
+    while other.has_unfinished():
+        other.step()
+    assert resumed.seq.output_ids == reference, arch
 
 
-def test_blocks_are_exact_copies_of_the_cache(mixtral_dir):
-    engine = monolithic_engine(mixtral_dir)
-    seq = engine.add_request(list(range(1, 34)), SamplingParams(max_tokens=1))
-    engine.step()
-    blocks = seq.kv.export_blocks(BLOCK)
-    k0 = seq.kv.store.layers[0][0][seq.kv.slot]
-    assert torch.equal(blocks[1][0], k0[:, BLOCK:2 * BLOCK])
-    blocks[1][0].zero_()  # exports are copies: the live cache is untouched
-    assert not torch.equal(blocks[1][0], k0[:, BLOCK:2 * BLOCK])
+def test_blocks_are_exact_copies_of_the_cache_at_another_block_size(mixtral_dir):
+    engine = monolithic_engine(mixtral_dir, block_size=8)
+    engine.export_block_size = BLOCK  # the MemPool's blocks need not be the engine's
+    handle = engine.add_request(list(range(1, 34)), SamplingParams(max_tokens=2))
+    out = engine.step()[0]  # the prefill caches 33 tokens: two full blocks of 16
+    assert out.first_block == 0 and len(out.new_blocks) == 2
+    table = handle.seq.block_table
+    k0 = engine.kv.layers[0][0]
+    rows = torch.cat([torch.arange(8) + table[b] * 8 for b in (2, 3)])  # tokens 16..31 sit in blocks 2 and 3
+    assert torch.equal(out.new_blocks[1][0], k0[rows].transpose(0, 1))
+    out.new_blocks[1][0].zero_()  # exports are copies: the live cache is untouched
+    assert not torch.equal(out.new_blocks[1][0], k0[rows].transpose(0, 1))
 
 
-def test_batches_over_scattered_slots_match_each_sequence_alone(mixtral_dir):
-    """Attention reads a view when a batch's slots are contiguous and gathers otherwise: same numbers."""
-    engine = monolithic_engine(mixtral_dir)
-    store = engine.kv_slots
-    kvs = [store.new_sequence() for _ in range(3)]  # slots 0, 1, 2
+def test_batches_over_scattered_blocks_match_each_sequence_alone(mixtral_dir):
+    """Block tables in any order and interleaved: the gather gives the same numbers as one sequence alone."""
+    engine = monolithic_engine(mixtral_dir, block_size=2)
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
-    batch = [kvs[2], kvs[0]]  # out of order: the gather path
-    together = engine.runner.forward(prompts[0] + prompts[1], batch, [4, 3])
-    alone = [engine.runner.forward(p, [store.new_sequence()], [len(p)])[0] for p in prompts]
+    spare: list[int] = []
+    engine.blocks.grow(spare, 2)
+    a, b = [], []
+    for _ in range(2):  # interleave the two tables' blocks
+        engine.blocks.grow(a, 2 * (len(a) + 1))
+        engine.blocks.grow(b, 2 * (len(b) + 1))
+    a.reverse()  # blocks out of order
+    together = engine.runner.forward(prompts[0] + prompts[1], [a, b], [0, 0], [4, 3])
+    alone = []
+    for p in prompts:
+        t: list[int] = []
+        engine.blocks.grow(t, len(p))
+        alone.append(engine.runner.forward(p, [t], [0], [len(p)])[0])
     assert torch.allclose(together[0], alone[0], atol=1e-5) and torch.allclose(together[1], alone[1], atol=1e-5)
-    step = engine.runner.forward([1, 2], batch, [1, 1])  # a decode step over the same scattered slots
+    engine.blocks.grow(a, 5)
+    step = engine.runner.forward([1, 2], [a, b], [4, 3], [1, 1])  # a decode step over the same tables
     assert step.shape == (2, engine.model.vocab_size) and torch.isfinite(step).all()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from eaas.expert_service.batcher import CombineBatcher
-from eaas.expert_service.wire import CombineJob
+from eaas.expert_service.combine_request import CombineJob
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.experts import load_expert_weights
 from expert_cluster import tiny_mixtral

@@ -1,10 +1,13 @@
-"""Replica choice and failure policy of the expert data path (pure functions, no servers)."""
+"""The pure decisions of the expert data path: owners, splitting, refusals, replica choice, failure policy."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
-from eaas.gateway.dispatch import FailureAction, failure_action, pick_replica
+from eaas.gateway.dispatch import (NO_EXPERT, NO_GROUP, FailureAction, failure_action, owner_table, owners,
+                                   pick_replica, pick_with_fallback, refusal, rows_per_request, split_by_group)
+from eaas.protos import expert_pb2
 
 
 def test_least_outstanding_replica_wins():
@@ -45,3 +48,57 @@ def test_pick_is_deterministic_for_equal_inputs():
 ])
 def test_failure_action_by_status(code, action):
     assert failure_action(code) is action
+
+
+def test_owner_table_maps_each_expert_to_its_group_and_the_rest_to_markers():
+    table = owner_table([(0, 1), (4, 5)])
+    ids = torch.tensor([[0, 5], [1, -1], [4, 9], [2, -7]])
+    assert owners(table, ids).tolist() == [[0, 1], [0, NO_EXPERT], [1, NO_GROUP], [NO_GROUP, NO_GROUP]]
+
+
+def test_owner_table_refuses_an_expert_in_two_groups():
+    with pytest.raises(ValueError, match="experts 2-3 are in more than one group"):
+        owner_table([(0, 1, 2, 3), (2, 3, 4)])
+
+
+def test_split_by_group_gives_each_group_its_rows_with_other_slots_masked():
+    ids = torch.tensor([[0, 4], [5, -1], [1, 0], [-1, -1]])
+    parts = split_by_group(owners(owner_table([(0, 1), (4, 5)]), ids), ids)
+    assert [(p.group, p.rows.tolist(), p.expert_ids.tolist()) for p in parts] == [
+        (0, [0, 2], [[0, -1], [1, 0]]),
+        (1, [0, 1], [[-1, 4], [5, -1]]),
+    ]
+
+
+def test_rows_per_request_fits_the_limit_and_is_never_zero():
+    assert rows_per_request(4096 + 10 * 272, 272) == 10
+    assert rows_per_request(100, 272) == 1
+
+
+def _info(**fields) -> expert_pb2.ServerInfo:
+    base = dict(model_fingerprint="fp", expert_ids=[0, 1, 2, 3], layers=[0, 1], dtype="float32")
+    return expert_pb2.ServerInfo(**(base | fields))
+
+
+@pytest.mark.parametrize("info, group_dtype, reason, detail", [
+    (_info(), None, None, None),
+    (_info(), "float32", None, None),
+    (_info(model_fingerprint="other"), None, "fingerprint_mismatch", "not the same checkpoint"),
+    (_info(expert_ids=[0, 1]), None, "config_mismatch", "does not hold experts 2-3 of its group"),
+    (_info(layers=[0]), None, "config_mismatch", "lacks MoE layers [1]"),
+    (_info(dtype="bfloat16"), "float32", "config_mismatch", "computes in bfloat16, its group in float32"),
+])
+def test_refusal_rules(info, group_dtype, reason, detail):
+    verdict = refusal(info, fingerprint="fp", group_experts=(0, 1, 2, 3), layers={0, 1}, group_dtype=group_dtype)
+    if reason is None:
+        assert verdict is None
+    else:
+        assert verdict[0] == reason and detail in verdict[1]
+
+
+def test_fallback_prefers_ready_then_quarantined_replicas_admitted_before():
+    states = ["quarantined", "ready", "refused", "quarantined"]
+    admitted = [True, True, False, False]
+    assert pick_with_fallback(states, admitted, [0, 5, 0, 0], cursor=0, tried=set()) == 1  # ready, even if busier
+    assert pick_with_fallback(states, admitted, [0, 5, 0, 0], cursor=0, tried={1}) == 0    # last resort
+    assert pick_with_fallback(states, admitted, [0, 5, 0, 0], cursor=0, tried={0, 1}) is None  # never refused/unseen

@@ -12,10 +12,11 @@ import pytest
 import torch
 from prometheus_client import REGISTRY, generate_latest
 
-from eaas.expert_service.slot_client import SlotTransport, make_transport
-from eaas.gateway.remote_backend import ExpertsUnavailable, GroupSpec, RemoteExpertBackend
+from eaas.gateway.remote_backend import ExpertsUnavailable, RemoteExpertBackend
+from eaas.gateway.replica_table import GroupSpec
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.experts import load_expert_weights
+from eaas.rpc.slot_transport import SlotTransport, make_transport
 from expert_cluster import ExpertServer, start_servers, tiny_mixtral
 
 LOW, HIGH = (0, 1, 2, 3), (4, 5, 6, 7)

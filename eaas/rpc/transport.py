@@ -1,4 +1,4 @@
-"""Client side of the expert service: how a gateway's requests reach an expert server.
+"""How a gateway's requests reach an expert server.
 
 `ExpertTransport` is the small interface RemoteExpertBackend uses (four calls), so a faster transport
 (shared memory, RDMA) can replace gRPC without touching dispatch or failover.
@@ -14,8 +14,10 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from eaas.expert_service.server import SERVICE_NAME, TRANSPORT_MESSAGE_BYTES
 from eaas.protos import expert_pb2, expert_pb2_grpc
+from eaas.rpc.wire import TRANSPORT_MESSAGE_BYTES
+
+SERVICE_NAME = expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name  # also its health-check name
 
 
 class ExpertTransport(Protocol):

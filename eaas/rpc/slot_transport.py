@@ -26,12 +26,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from eaas.expert_service.client import GrpcTransport
-from eaas.expert_service.logs import log_event
-from eaas.expert_service.slot_server import socket_address
-from eaas.expert_service.slot_wire import HELLO, HELLO_ANSWER, MAGIC, REPLY, SlotRequest, itemsize, request_area
+from eaas.logs import log_event
 from eaas.protos import expert_pb2
-
+from eaas.rpc.slot_wire import HELLO, HELLO_ANSWER, MAGIC, REPLY, SlotRequest, itemsize, request_area, socket_address
+from eaas.rpc.transport import GrpcTransport
 log = logging.getLogger("eaas.gateway.transport")
 
 STATUS_BY_CODE = {c.value[0]: c for c in grpc.StatusCode}

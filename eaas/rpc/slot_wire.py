@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eaas.expert_service.wire import DTYPE_BY_NAME, FLOAT_DTYPES, MAX_TOP_K, ServedExperts, WireError, accepted_ids
+from eaas.rpc.wire import DTYPE_BY_NAME, WireError
 
 MAGIC = b"EAS1"
 HELLO = struct.Struct("<4sIQ")          # magic, slots, slot_bytes (the memfd travels beside it)
@@ -66,24 +66,9 @@ class SlotRequest:
         return cls(slot, gen, layer, tokens, hidden, k, DTYPE_CODES[hdt], DTYPE_CODES[wdt])
 
 
-def check_request(req: SlotRequest, served: ServedExperts, slots: int, slot_bytes: int) -> None:
-    """Raise WireError for a request the server cannot serve (the same rules as the gRPC path)."""
-    if req.slot >= slots:
-        raise WireError(f"slot {req.slot} does not exist (this link has {slots})")
-    if req.layer not in served.layers:
-        raise WireError(f"layer {req.layer} is not served here; layers: {sorted(served.layers)}")
-    if req.hidden_dtype != served.dtype:
-        raise WireError(f"hidden: dtype {req.hidden_dtype!r} not allowed here; expected one of {served.dtype}")
-    if req.hidden_size != served.hidden_size:
-        raise WireError(f"hidden: shape [{req.tokens}, {req.hidden_size}] is not [T, {served.hidden_size}]")
-    if not 1 <= req.top_k <= MAX_TOP_K:
-        raise WireError(f"expert_ids: shape [{req.tokens}, {req.top_k}] is not [{req.tokens}, k] "
-                        f"with 1 <= k <= {MAX_TOP_K}")
-    if req.weights_dtype not in FLOAT_DTYPES:
-        raise WireError(f"weights: dtype {req.weights_dtype!r} not allowed here")
-    need = max(req.offsets()[3], req.tokens * req.hidden_size * itemsize(served.dtype))
-    if need > slot_bytes:
-        raise WireError(f"request of {need} bytes exceeds the slot's {slot_bytes} bytes")
+def socket_address(endpoint: str) -> str:
+    """The unix socket address of an endpoint; '@name' is the abstract name (a leading NUL byte)."""
+    return "\0" + endpoint[1:] if endpoint.startswith("@") else endpoint
 
 
 def request_tensors(buf, req: SlotRequest, slot_bytes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,12 +85,6 @@ def request_tensors(buf, req: SlotRequest, slot_bytes: int) -> tuple[torch.Tenso
                                 offset=base + offset).view(shape)
     return (view(at_hidden, req.hidden_dtype, (t, req.hidden_size)), view(at_ids, "int32", (t, k)),
             view(at_weights, req.weights_dtype, (t, k)))
-
-
-def check_expert_ids(ids: torch.Tensor, served: ServedExperts) -> None:
-    problem = accepted_ids(ids, served)
-    if problem:
-        raise WireError(problem)
 
 
 def response_view(buf, slot: int, slot_bytes: int, tokens: int, hidden_size: int, dtype_name: str) -> torch.Tensor:
