@@ -64,7 +64,7 @@ def decode_tokens_per_s(engine, batch, new_tokens) -> tuple[float, int]:
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
     engine.generate(batch[:4], SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
     start = time.perf_counter()
-    seqs = [engine.add_request(p, params) for p in batch]
+    seqs = [engine.add_request(p, params).seq for p in batch]
     while engine.has_unfinished():
         engine.step()
     elapsed = time.perf_counter() - start
@@ -140,20 +140,28 @@ def main() -> None:
                 f"{-(-8 // args.experts_per_server)} expert group(s) x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
                 f"micro-batches {args.micro_batches}")
             backends = {name: remote_backend(experts, ckpt, name) for name in args.transport}
+            engines = {name: engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches)
+                       for name, backend in backends.items()}
             for n in args.seqs:
                 batch = prompts(n)
-                m, _ = decode_tokens_per_s(mono, batch, args.new_tokens)
                 target = 0.85 if n <= 64 else 0.90
-                for name, backend in backends.items():  # same batch, same moment: old and new side by side
-                    disagg = engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches)
-                    d, failed = decode_tokens_per_s(disagg, batch, args.new_tokens)
+                # monolithic, then each transport, then the same in reverse (A B C C B A): the machine's
+                # drift during the run weighs on every variant alike; each figure is the mean of its two runs
+                order = [("monolithic", mono), *engines.items()]
+                runs: dict[str, list] = {}
+                for name, engine in order + order[::-1]:
+                    runs.setdefault(name, []).append(decode_tokens_per_s(engine, batch, args.new_tokens))
+                m = statistics.fmean(r[0] for r in runs["monolithic"])
+                for name in engines:
+                    d, failed = statistics.fmean(r[0] for r in runs[name]), sum(r[1] for r in runs[name])
                     row = report["transports"].setdefault(name, {})
                     row[f"disaggregated_over_monolithic_{n}"] = round(d / m, 3)
                     row[f"tok_s_{n}"] = {"monolithic": round(m, 1), "disaggregated": round(d, 1), "failed": failed}
                     say(f"{n:4d} seqs [{name:4s}]: monolithic {m:8.1f} tok/s  disaggregated {d:8.1f} tok/s  "
                         f"ratio {d / m:5.2f} (target >= {target:.2f}), failed {failed}")
             for name, backend in backends.items():
-                ratio, detail = dispatch_ratio(backend, ckpt, name, args.dispatch_iters)
+                ratio, detail = dispatch_ratio(backend, ckpt, name, args.dispatch_iters,
+                                               [list(e) for e, _ in experts.groups()])
                 report["transports"][name]["dispatch_over_bare_roundtrip"] = round(ratio, 2)
                 report["transports"][name]["dispatch"] = detail
                 say(f"one layer's dispatch [{name:4s}]: {detail['dispatch_ms']:.3f} ms (combine p50 "
@@ -187,13 +195,14 @@ def remote_backend(experts: ExpertFleet, ckpt: Checkpoint, transport: str) -> Re
     return backend
 
 
-def dispatch_ratio(backend: RemoteExpertBackend, ckpt: Checkpoint, transport: str, iters: int) -> tuple[float, dict]:
+def dispatch_ratio(backend: RemoteExpertBackend, ckpt: Checkpoint, transport: str, iters: int,
+                   groups: list[list[int]]) -> tuple[float, dict]:
     """(one layer's dispatch p50 minus expert compute) / bare round trip p50 of the same bytes, same transport."""
     with torch.inference_mode():  # as the engine calls the backend
-        return _dispatch_ratio(backend, ckpt, transport, iters)
+        return _dispatch_ratio(backend, ckpt, transport, iters, groups)
 
 
-def _dispatch_ratio(backend: RemoteExpertBackend, ckpt: Checkpoint, transport: str, iters: int) -> tuple[float, dict]:
+def _dispatch_ratio(backend, ckpt, transport, iters, groups) -> tuple[float, dict]:
     from transport_roundtrip import measure_echo
 
     from eaas.model.experts import load_expert_weights
@@ -210,7 +219,7 @@ def _dispatch_ratio(backend: RemoteExpertBackend, ckpt: Checkpoint, transport: s
     torch.set_num_threads(1)  # as each expert server computes (one OpenMP thread)
     try:
         compute = []
-        for group_experts, _ in backend_groups(backend):
+        for group_experts in groups:
             in_group = torch.isin(ids, torch.tensor(group_experts, dtype=torch.int32))
             rows = in_group.any(dim=1)
             masked = torch.where(in_group, ids, -1)[rows]
@@ -224,10 +233,6 @@ def _dispatch_ratio(backend: RemoteExpertBackend, ckpt: Checkpoint, transport: s
     return dispatch / bare, {"bytes": nbytes, "combine_p50_ms": round(1e3 * statistics.median(combine), 3),
                              "compute_ms": round(1e3 * max(compute), 3), "dispatch_ms": round(1e3 * dispatch, 3),
                              "bare_p50_ms": round(1e3 * bare, 3)}
-
-
-def backend_groups(backend: RemoteExpertBackend):
-    return [(list(g.spec.expert_ids), g.spec.addresses) for g in backend._groups]
 
 
 def timed(fn, iters: int) -> list[float]:
@@ -252,7 +257,7 @@ def fault_run(experts: ExpertFleet, engine, args, say=print) -> dict:
         steps = []
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
-            seqs = [engine.add_request(p, params) for p in batch]
+            seqs = [engine.add_request(p, params).seq for p in batch]
             try:
                 while engine.has_unfinished():
                     prefill = bool(engine.waiting)
