@@ -244,6 +244,9 @@ class SlotTransport:
                 self._links.pop(address, None)
             else:
                 self._links[address] = link
+        if link is not None:
+            log_event(log, "slot_link_open", logging.INFO, address=address, endpoint=link.endpoint,
+                      slots=link.slots, slot_bytes=link.slot_bytes)
         return info
 
     def serving(self, address, timeout):
