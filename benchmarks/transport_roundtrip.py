@@ -2,6 +2,8 @@
 
     .venv/bin/python -P benchmarks/transport_roundtrip.py [--iters 400] [--sizes 4096,65536,262144,1048576]
 
+NIXL is not a dependency of eaas: `pip install nixl-cu12==1.5.1` first to measure it (skipped otherwise).
+
 A client (this process) sends N bytes to a server process, which answers with N bytes; p50/p99 round trip
 and CPU seconds (user + system, all threads) per round trip of each process, for:
   grpc       bare Python gRPC unary echo (sync server, thread pool; bytes in, bytes out, no protobuf)
@@ -22,6 +24,7 @@ poll() never sleeps) and with 1 ms, over 2 s with nothing to do.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -341,6 +344,9 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     kinds = args.transports.split(",")
+    if any(k.startswith("nixl") for k in kinds) and importlib.util.find_spec("nixl_cu12") is None:
+        print("nixl_cu12 is not installed (pip install nixl-cu12==1.5.1): measuring grpc and shm only", file=sys.stderr)
+        kinds = [k for k in kinds if not k.startswith("nixl")]
     rows = []
     for kind in kinds:
         rows += measure(kind, sizes, args.iters)
