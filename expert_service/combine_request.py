@@ -67,12 +67,20 @@ def decode_combine(req: expert_pb2.CombineRequest, served: ServedExperts) -> Com
         raise WireError(f"expert_ids: shape {list(ids.shape)} is not [{tokens}, k] with 1 <= k <= {MAX_TOP_K}")
     if weights.shape != ids.shape:
         raise WireError(f"weights: shape {list(weights.shape)} differs from expert_ids {list(ids.shape)}")
-    if tokens and not bool(served.accepts_id[(ids.clamp(-2, served.num_experts) + 2).long()].all()):
-        foreign = sorted(set(torch.unique(ids).tolist()) - served.expert_ids - {-1})
-        out_of_range = [e for e in foreign if not 0 <= e < served.num_experts]
-        if out_of_range:
-            raise WireError(f"expert ids {format_expert_ids(out_of_range)} out of range "
-                            f"0..{served.num_experts - 1} (use -1 for none)")
-        raise WireError(f"experts {format_expert_ids(foreign)} are not held by this server "
-                        f"(it holds {format_expert_ids(served.expert_ids)})")
+    problem = accepted_ids(ids, served)
+    if problem:
+        raise WireError(problem)
     return CombineJob(req.layer, hidden, ids, weights)
+
+
+def accepted_ids(ids: torch.Tensor, served: ServedExperts) -> str | None:
+    """None if every id in ids is -1 or held here; else what is wrong (shared by both transports)."""
+    if not ids.numel() or bool(served.accepts_id[(ids.clamp(-2, served.num_experts) + 2).long()].all()):
+        return None
+    foreign = sorted(set(torch.unique(ids).tolist()) - served.expert_ids - {-1})
+    out_of_range = [e for e in foreign if not 0 <= e < served.num_experts]
+    if out_of_range:
+        return (f"expert ids {format_expert_ids(out_of_range)} out of range "
+                f"0..{served.num_experts - 1} (use -1 for none)")
+    return (f"experts {format_expert_ids(foreign)} are not held by this server "
+            f"(it holds {format_expert_ids(served.expert_ids)})")

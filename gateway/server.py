@@ -20,6 +20,7 @@ from eaas.engine.factory import engine_with_backend, load_tokenizer
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.errors import UserError
+from eaas.rpc.slot_transport import make_transport
 from eaas.gateway import discovery
 from eaas.gateway.engine_service import EngineService
 from eaas.gateway.grpc_api import GatewayServicer
@@ -62,6 +63,7 @@ class GatewayOptions:
     namespace: str | None = None  # of the watched Endpoints; None: the pod's own
     kubeconfig: str | None = None  # outside a pod
     drain_s: float = 30.0
+    transport: str = "auto"  # expert data path: auto | shm | grpc (eaas/rpc/slot_transport.py)
 
 
 class Gateway:
@@ -151,7 +153,8 @@ class Gateway:
 
     # --- serving --------------------------------------------------------------------------------
     def _build_engine(self, groups) -> EngineService:
-        self.backend = RemoteExpertBackend(groups, fingerprint=self.fingerprint, layers=self.ckpt.moe_layers())
+        self.backend = RemoteExpertBackend(groups, fingerprint=self.fingerprint, layers=self.ckpt.moe_layers(),
+                                           transport=make_transport(self.opts.transport))
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
                                      ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches,
