@@ -4,17 +4,22 @@ MoEDeployment running as pods, both equal to transformers.generate."""
 from __future__ import annotations
 
 import openai
-from cluster_deploy import NAME, NAMESPACE
+from cluster_deploy import NAME, NAMESPACE, diagnose
+from cluster_kube import wait_for
 from cluster_load import MAX_TOKENS, gateway_http
 
 from eaas.client import SyncClient
 
 
 def test_kubectl_get_moed_shows_every_group_and_gateway_ready(cluster, deployment):
-    out = cluster.kubectl("-n", NAMESPACE, "get", "moed", NAME)
-    print(out)
-    row = out.splitlines()[1].split()
-    assert row[1:4] == ["2/2", "2/2", "True"], out
+    # Ready means serving (every group and at least one gateway), so the second gateway may still be
+    # starting when it turns True; what a user then sees settles at every replica ready.
+    def every_replica_ready():
+        out = cluster.kubectl("-n", NAMESPACE, "get", "moed", NAME)
+        return out if out.splitlines()[1].split()[1:4] == ["2/2", "2/2", "True"] else None
+
+    print(wait_for(every_replica_ready, "kubectl get moed: 2/2 groups, 2/2 gateways, Ready", timeout=300,
+                   interval=1.0, diagnose=lambda: diagnose(cluster)))
 
 
 def test_sdk_greedy_tokens_equal_transformers(deployment, reference):
