@@ -1,12 +1,14 @@
 # Two commands on a fresh Debian machine with Python 3.11:
 #   make run   - install, then serve the built-in tiny model and stream a completion
 #   make test  - install everything (Python deps, redis-server, the Kubernetes testbed, helm) and run all tests
+#                (tests/cluster starts a single-node cluster with scripts/k8s-testbed.sh: needs root)
+#   make test-cluster - only the cluster tier (real pods), keeping the cluster up afterwards
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # -P: never put the working directory on sys.path (our operator/ folder would shadow the stdlib module)
 PIP := $(PY) -P -m pip
 
-.PHONY: install test-deps test run protos clean
+.PHONY: install test-deps test test-cluster run protos clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
+# k8s-testbed.sh build: the five k8s commands (cached in ~/.cache/eaas), containerd, runc, CNI plugins,
+# kubectl, a static pause image, mmdebstrap and buildah for the cluster tier's images.
 test-deps: install
 	bash scripts/install-redis.sh
 	bash scripts/install-helm.sh
@@ -24,6 +28,9 @@ test-deps: install
 
 test: install test-deps
 	$(VENV)/bin/pytest
+
+test-cluster: install test-deps
+	EAAS_K8S_KEEP=1 $(VENV)/bin/pytest tests/cluster
 
 run: install
 	$(VENV)/bin/eaas up --demo

@@ -1,6 +1,6 @@
 """Where the CPU of a disaggregated decode step goes: CPU time per process and thread, per decode step.
 
-    python benchmarks/disaggregated_cpu.py [--seqs 64] [--new-tokens 40] [--experts-per-server 4]
+    python benchmarks/disaggregated_cpu.py [--seqs 64] [--new-tokens 40] [--experts-per-server 4] [--transport grpc]
 
 Runs the same fleet as disaggregated_vs_monolithic.py (expert servers as separate processes, 2 replicas
 per group, the engine in this process), decodes one batch and reads utime + stime of every thread from
@@ -28,6 +28,7 @@ from disaggregated_vs_monolithic import ExpertFleet, prompts  # noqa: E402
 from eaas.engine.factory import engine_with_backend  # noqa: E402
 from eaas.engine.scheduler import ScheduleLimits  # noqa: E402
 from eaas.engine.sequence import SamplingParams  # noqa: E402
+from eaas.rpc.slot_transport import make_transport  # noqa: E402
 from eaas.gateway.remote_backend import RemoteExpertBackend  # noqa: E402
 from eaas.model.checkpoint import Checkpoint  # noqa: E402
 from eaas.model.tiny import write_tiny_model  # noqa: E402
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--experts-per-server", type=int, default=4)
     ap.add_argument("--hidden-size", type=int, default=256)
     ap.add_argument("--base-port", type=int, default=24200)
+    ap.add_argument("--transport", default="grpc", choices=["grpc", "shm"], help="expert data path (default grpc)")
     args = ap.parse_args()
     logging.getLogger("eaas").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as model:
@@ -59,7 +61,8 @@ def main() -> None:
         fleet = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=2, base_port=args.base_port)
         try:
             ckpt = Checkpoint(model)
-            backend = RemoteExpertBackend(fleet.groups(), fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers())
+            backend = RemoteExpertBackend(fleet.groups(), fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers(),
+                                          transport=make_transport(args.transport))
             engine = engine_with_backend(ckpt, backend, limits=ScheduleLimits(max_num_seqs=args.seqs,
                                                                               max_batched_tokens=8192))
             batch = prompts(args.seqs)
@@ -78,7 +81,7 @@ def main() -> None:
             backend.close()
         finally:
             fleet.fleet.stop()
-    print(f"{args.seqs} sequences, {steps} decode steps, {wall / steps * 1e3:.1f} ms per step (wall), "
+    print(f"[{args.transport}] {args.seqs} sequences, {steps} decode steps, {wall / steps * 1e3:.1f} ms per step (wall), "
           f"{os.cpu_count()} cores")
     total = 0.0
     for name, pid in pids.items():

@@ -1,6 +1,14 @@
-"""Disaggregated (remote expert servers over gRPC) vs monolithic (local experts), same engine, one run.
+"""Disaggregated (remote expert servers) vs monolithic (local experts), same engine, one run, per transport.
 
     python benchmarks/disaggregated_vs_monolithic.py [--seqs 64 256] [--new-tokens 32] [--fault-seconds 40]
+                                                     [--transport grpc shm] [--json]
+
+Every figure is measured for each --transport on the same expert processes (they offer both): grpc, and
+shm (shared-memory slots + unix-socket doorbell, eaas/rpc/slot_transport.py). Also per transport: one
+layer's dispatch (RemoteExpertBackend.combine of a 64-token decode batch over the 2 groups, minus the
+slower group's expert compute measured in this process on one thread) divided by a bare round trip of the
+same bytes on the same transport (benchmarks/transport_roundtrip.py's echo servers); target <= 1.5.
+--json prints every ratio as one JSON object instead of the text lines.
 
 Prints decode tok/s of both backends at each concurrency and their ratio (targets: >= 0.80 at 64,
 >= 0.90 at 256), then the throughput while one expert replica is SIGKILLed every 10 s divided by the
@@ -18,6 +26,7 @@ replica is covered by tests/data_path/test_remote_backend.py.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -32,9 +41,12 @@ quiet_idle_workers()  # as the eaas command does, before torch loads libgomp
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # transport_roundtrip beside this file
+
 from eaas.engine.factory import engine_with_backend, monolithic_engine
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.engine.sequence import SamplingParams
+from eaas.rpc.slot_transport import SlotTransport, make_transport
 from eaas.gateway.remote_backend import RemoteExpertBackend
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.tiny import write_tiny_model
@@ -52,7 +64,7 @@ def decode_tokens_per_s(engine, batch, new_tokens) -> tuple[float, int]:
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
     engine.generate(batch[:4], SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
     start = time.perf_counter()
-    seqs = [engine.add_request(p, params) for p in batch]
+    seqs = [engine.add_request(p, params).seq for p in batch]
     while engine.has_unfinished():
         engine.step()
     elapsed = time.perf_counter() - start
@@ -106,7 +118,15 @@ def main() -> None:
     ap.add_argument("--restart-on-this-machine", action="store_true",
                     help="restart each killed replica here (SCHED_IDLE while it boots) instead of leaving it dead")
     ap.add_argument("--base-port", type=int, default=24000)
+    ap.add_argument("--transport", nargs="+", default=["grpc", "shm"], choices=["grpc", "shm"],
+                    help="expert data paths to measure, each on the same expert processes (default: grpc shm)")
+    ap.add_argument("--json", action="store_true", help="print the ratios as one JSON object")
+    ap.add_argument("--dispatch-iters", type=int, default=200)
     args = ap.parse_args()
+    report: dict = {"model": f"tiny mixtral hidden {args.hidden_size}, 4 layers, 8 experts top-2, fp32",
+                    "experts_per_server": args.experts_per_server, "new_tokens": args.new_tokens,
+                    "micro_batches": args.micro_batches, "transports": {}}
+    say = (lambda *a, **k: None) if args.json else print
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("eaas").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as model:
@@ -116,32 +136,117 @@ def main() -> None:
             limits = ScheduleLimits(max_num_seqs=max(args.seqs), max_batched_tokens=8192)
             mono = monolithic_engine(model, limits=limits)
             ckpt = Checkpoint(model)
-            backend = RemoteExpertBackend(experts.groups(), fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers())
-            disagg = engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches)
-            print(f"model: tiny mixtral hidden {args.hidden_size}, 4 layers, 8 experts top-2, fp32; "
-                  f"{-(-8 // args.experts_per_server)} expert group(s) x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
-                  f"micro-batches {args.micro_batches}")
+            say(f"model: {report['model']}; "
+                f"{-(-8 // args.experts_per_server)} expert group(s) x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
+                f"micro-batches {args.micro_batches}")
+            backends = {name: remote_backend(experts, ckpt, name) for name in args.transport}
+            engines = {name: engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches)
+                       for name, backend in backends.items()}
             for n in args.seqs:
                 batch = prompts(n)
-                m, _ = decode_tokens_per_s(mono, batch, args.new_tokens)
-                d, failed = decode_tokens_per_s(disagg, batch, args.new_tokens)
-                target = 0.80 if n <= 64 else 0.90
-                print(f"{n:4d} seqs: monolithic {m:8.1f} tok/s  disaggregated {d:8.1f} tok/s  "
-                      f"ratio {d / m:5.2f} (target >= {target:.2f}), failed {failed}")
+                target = 0.85 if n <= 64 else 0.90
+                # monolithic, then each transport, then the same in reverse (A B C C B A): the machine's
+                # drift during the run weighs on every variant alike; each figure is the mean of its two runs
+                order = [("monolithic", mono), *engines.items()]
+                runs: dict[str, list] = {}
+                for name, engine in order + order[::-1]:
+                    runs.setdefault(name, []).append(decode_tokens_per_s(engine, batch, args.new_tokens))
+                m = statistics.fmean(r[0] for r in runs["monolithic"])
+                for name in engines:
+                    d, failed = statistics.fmean(r[0] for r in runs[name]), sum(r[1] for r in runs[name])
+                    row = report["transports"].setdefault(name, {})
+                    row[f"disaggregated_over_monolithic_{n}"] = round(d / m, 3)
+                    row[f"tok_s_{n}"] = {"monolithic": round(m, 1), "disaggregated": round(d, 1), "failed": failed}
+                    say(f"{n:4d} seqs [{name:4s}]: monolithic {m:8.1f} tok/s  disaggregated {d:8.1f} tok/s  "
+                        f"ratio {d / m:5.2f} (target >= {target:.2f}), failed {failed}")
+            for name, backend in backends.items():
+                ratio, detail = dispatch_ratio(backend, ckpt, name, args.dispatch_iters,
+                                               [list(e) for e, _ in experts.groups()])
+                report["transports"][name]["dispatch_over_bare_roundtrip"] = round(ratio, 2)
+                report["transports"][name]["dispatch"] = detail
+                say(f"one layer's dispatch [{name:4s}]: {detail['dispatch_ms']:.3f} ms (combine p50 "
+                    f"{detail['combine_p50_ms']:.3f} ms - compute {detail['compute_ms']:.3f} ms) / bare round trip "
+                    f"of {detail['bytes']} bytes {detail['bare_p50_ms']:.3f} ms = {ratio:.2f} (target <= 1.5)")
+            for backend in backends.values():
+                backend.close()
         finally:
             experts.fleet.stop()
-        if args.fault_seconds > 0:
-            fault_fleet = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=3, base_port=args.base_port + 50)
+        for i, name in enumerate(args.transport if args.fault_seconds > 0 else []):  # a fresh fleet each: kills
+            fault_fleet = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=3,
+                                      base_port=args.base_port + 50 * (i + 1))
             try:
-                backend = RemoteExpertBackend(fault_fleet.groups(), fingerprint=ckpt.fingerprint(),
-                                              layers=ckpt.moe_layers())
-                fault_run(fault_fleet, engine_with_backend(ckpt, backend, limits=limits,
-                                                           micro_batches=args.micro_batches), args)
+                say(f"[{name}]", end=" ")
+                backend = remote_backend(fault_fleet, ckpt, name)
+                result = fault_run(fault_fleet, engine_with_backend(ckpt, backend, limits=limits,
+                                                                    micro_batches=args.micro_batches), args, say)
+                report["transports"][name].update(result)
+                backend.close()
             finally:
                 fault_fleet.fleet.stop()
+    if args.json:
+        print(json.dumps(report))
 
 
-def fault_run(experts: ExpertFleet, engine, args) -> None:
+def remote_backend(experts: ExpertFleet, ckpt: Checkpoint, transport: str) -> RemoteExpertBackend:
+    backend = RemoteExpertBackend(experts.groups(), fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers(),
+                                  transport=make_transport(transport))
+    if isinstance(backend.transport, SlotTransport):
+        assert all(backend.transport.uses_slots(a) for _, addrs in experts.groups() for a in addrs)
+    return backend
+
+
+def dispatch_ratio(backend: RemoteExpertBackend, ckpt: Checkpoint, transport: str, iters: int,
+                   groups: list[list[int]]) -> tuple[float, dict]:
+    """(one layer's dispatch p50 minus expert compute) / bare round trip p50 of the same bytes, same transport."""
+    with torch.inference_mode():  # as the engine calls the backend
+        return _dispatch_ratio(backend, ckpt, transport, iters, groups)
+
+
+def _dispatch_ratio(backend, ckpt, transport, iters, groups) -> tuple[float, dict]:
+    from transport_roundtrip import measure_echo
+
+    from eaas.model.experts import load_expert_weights
+
+    gen = torch.Generator().manual_seed(0)
+    tokens, width = 64, ckpt.config.hidden_size
+    hidden = torch.randn(tokens, width, generator=gen)
+    ids = torch.stack([torch.randperm(8, generator=gen)[:2] for _ in range(tokens)]).to(torch.int32)
+    weights = torch.softmax(torch.randn(tokens, 2, generator=gen), dim=-1)
+    layer = min(ckpt.moe_layers())
+    combine = timed(lambda: backend.combine(layer, hidden, ids, weights), iters)
+    local = load_expert_weights(ckpt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each expert server computes (one OpenMP thread)
+    try:
+        compute = []
+        for group_experts in groups:
+            in_group = torch.isin(ids, torch.tensor(group_experts, dtype=torch.int32))
+            rows = in_group.any(dim=1)
+            masked = torch.where(in_group, ids, -1)[rows]
+            compute.append(statistics.median(timed(
+                lambda: local.combine(layer, hidden[rows], masked, weights[rows]), iters)))
+    finally:
+        torch.set_num_threads(threads)
+    nbytes = hidden.nbytes + ids.nbytes + weights.nbytes
+    bare = measure_echo(transport, nbytes, iters)
+    dispatch = statistics.median(combine) - max(compute)
+    return dispatch / bare, {"bytes": nbytes, "combine_p50_ms": round(1e3 * statistics.median(combine), 3),
+                             "compute_ms": round(1e3 * max(compute), 3), "dispatch_ms": round(1e3 * dispatch, 3),
+                             "bare_p50_ms": round(1e3 * bare, 3)}
+
+
+def timed(fn, iters: int) -> list[float]:
+    for _ in range(20):
+        fn()
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def fault_run(experts: ExpertFleet, engine, args, say=print) -> dict:
     batch = prompts(64)
     params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)
     errors: list[str] = []
@@ -152,7 +257,7 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
         steps = []
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
-            seqs = [engine.add_request(p, params) for p in batch]
+            seqs = [engine.add_request(p, params).seq for p in batch]
             try:
                 while engine.has_unfinished():
                     prefill = bool(engine.waiting)
@@ -162,8 +267,8 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
                         steps.append((t, time.perf_counter() - t))
             except Exception as exc:  # a failed step fails its requests: count them
                 errors.append(f"{type(exc).__name__}: {exc}")
-                engine.waiting.clear()
-                engine.running.clear()
+                for s in list(engine.running) + list(engine.waiting):
+                    engine.abort(s)  # frees their KV blocks
             done += sum(len(s.output_ids) for s in seqs)
             failed += sum(1 for s in seqs if len(s.output_ids) != args.new_tokens)
         return done / (time.perf_counter() - start), failed, steps
@@ -210,14 +315,16 @@ def fault_run(experts: ExpertFleet, engine, args) -> None:
     faulty, faulty_failed, faulty_steps = run_for(args.fault_seconds)
     stop.set()
     t.join()
-    print(f"faults: {len(kills)} replicas SIGKILLed in {args.fault_seconds:.0f}s ({', '.join(kills)}); "
+    say(f"faults: {len(kills)} replicas SIGKILLed in {args.fault_seconds:.0f}s ({', '.join(kills)}); "
           f"throughput {faulty:.1f} vs {clean:.1f} tok/s fault-free: ratio {faulty / clean:.3f} (target >= 0.98); "
           f"failed requests {faulty_failed} (fault-free run: {clean_failed}); "
           + (f"replacements restarted on this machine served again after {', '.join(f'{r:.1f}' for r in recoveries)} s"
              if args.restart_on_this_machine else "killed replicas not restarted (see --restart-on-this-machine)"))
-    print("  " + kill_disruption(faulty_steps, kill_times))
+    say("  " + kill_disruption(faulty_steps, kill_times))
     for e in errors[:3]:
-        print("  error:", e[:300])
+        say("  error:", e[:300])
+    return {"fault_over_fault_free": round(faulty / clean, 3), "fault_failed_requests": faulty_failed,
+            "fault_kills": len(kills), "fault_errors": errors[:3]}
 
 
 def kill_disruption(faulty_steps, kill_times) -> str:

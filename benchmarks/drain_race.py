@@ -60,6 +60,8 @@ def one_round(model, calls: int, tokens: int, relay_rate: float | None, outcomes
         outcomes[f"exit {server.terminate(timeout=120)}"] += 1
         drained = [line for line in server.output().splitlines() if "event=replies_sent" in line]
         print("  server:", drained[0].split("event=")[1] if drained else "no replies_sent line", flush=True)
+        if drained and "unsent=0" not in drained[0]:
+            outcomes["rounds whose drain grace ran out"] += 1  # replies cut off on purpose, not by the race
         for reply in pending:
             try:
                 outcomes["whole" if list(reply.result().output.shape) == [tokens, 64] else "wrong shape"] += 1
@@ -90,7 +92,8 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: {dict(outcomes)}", flush=True)
     lost = sum(n for k, n in outcomes.items() if k.startswith("lost"))
     print(f"{args.rounds} rounds x {args.calls} calls in {time.monotonic() - started:.0f}s: "
-          f"{lost} replies lost, {outcomes['whole']} whole, relay resets {outcomes['relay resets']}")
+          f"{lost} replies lost, {outcomes['whole']} whole, relay resets {outcomes['relay resets']}, "
+          f"rounds whose drain grace (30 s) ran out {outcomes['rounds whose drain grace ran out']}")
 
 
 if __name__ == "__main__":

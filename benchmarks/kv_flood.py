@@ -64,6 +64,8 @@ class Tally:
     errors: list[str] = field(default_factory=list)
     tokens: int = 0
     preemptions: float = 0.0
+    gateway_refused: float = 0.0
+    max_queue_depth: float = 0.0
 
 
 def rss_bytes(pid: int) -> int:
@@ -107,6 +109,13 @@ async def sample_rss(pid: int, samples: list[int], stop: asyncio.Event) -> None:
         await asyncio.sleep(0.25)
 
 
+async def sample_queue(session, base: str, depths: list[float], stop: asyncio.Event) -> None:
+    """The gateway's own queue depth, once a second."""
+    while not stop.is_set():
+        depths.append(await metric(session, base, "eaas_gateway_queue_depth"))
+        await asyncio.sleep(1.0)
+
+
 async def metric(session, base: str, name: str) -> float:
     text = await (await session.get(f"{base}/metrics")).text()
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
@@ -121,12 +130,16 @@ async def flood(args, port: int, pid: int) -> tuple[Tally, list[int], float, lis
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=60)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         sampler = asyncio.create_task(sample_rss(pid, samples, stop))
+        depths: list[float] = []
+        queue_sampler = asyncio.create_task(sample_queue(session, base, depths, stop))
         prompts = [[(7 * i + 13 * j) % 250 + 3 for j in range(20)] for i in range(args.requests)]
         tasks = [asyncio.create_task(one_request(session, f"{base}/v1/completions", p, args.max_tokens, tally))
                  for p in prompts]
         start = time.monotonic()
         done, pending = await asyncio.wait(tasks, timeout=args.duration or None)
         elapsed = time.monotonic() - start
+        tally.gateway_refused = await metric(session, base, "eaas_gateway_requests_refused_total")
+        tally.max_queue_depth = max(depths, default=0)
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -139,6 +152,7 @@ async def flood(args, port: int, pid: int) -> tuple[Tally, list[int], float, lis
         tally.preemptions = await metric(session, base, "eaas_gateway_preemptions_total")
         stop.set()
         await sampler
+        await queue_sampler
     return tally, samples, elapsed, normal
 
 
@@ -180,12 +194,14 @@ def main() -> None:
     print(f"gateway: monolithic, tiny Mixtral with a 1,024-token context; KV budget {ready['kv_blocks']} blocks "
           f"of 16 tokens = {ready['kv_bytes'] / GiB:.3f} GiB (preallocated, so inside the idle figure)")
     print(f"flood: {args.requests} streaming requests x {args.max_tokens} tokens, {elapsed:.1f} s "
-          f"(then waiting clients disconnect)")
+          f"{'(then waiting clients disconnect)' if args.duration else '(every request answered)'}")
     print(f"RSS idle {idle / GiB:.3f} GiB, peak {peak / GiB:.3f} GiB, delta {(peak - idle) / GiB:+.3f} GiB "
           f"(target <= +2 GiB), after {final / GiB:.3f} GiB")
     print(f"served {tally.served}, streaming at the end {tally.streaming}, queued at the end {tally.queued}, "
           f"refused (429) {tally.refused}, errors {len(tally.errors)}; {tally.tokens} tokens streamed, "
           f"{tally.tokens / elapsed:.0f} tok/s; preemptions {tally.preemptions:.0f}")
+    print(f"gateway's view at the end of the flood: refused {tally.gateway_refused:.0f}, "
+          f"largest queue depth sampled (once a second) {tally.max_queue_depth:.0f}")
     for e in tally.errors[:5]:
         print("  error:", e)
     print(f"normal request after the flood: {'served, tokens exact' if normal == expected else 'WRONG TOKENS'}")

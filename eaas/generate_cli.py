@@ -57,7 +57,7 @@ def _generate_local(args) -> dict:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, ignore_eos=args.ignore_eos)
     try:
-        seq = engine.add_request(prompt_ids, params)
+        seq = engine.add_request(prompt_ids, params).seq
     except RequestError as exc:
         raise UserError(str(exc)) from None
     start = time.perf_counter()

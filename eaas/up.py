@@ -41,6 +41,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis", metavar="URL", help="Redis for the MemPool; with --gateways > 1 and no URL a "
                    "local redis-server is started")
     p.add_argument("--dtype", default="float32", help="float32|bfloat16|float16")
+    p.add_argument("--kv-cache-bytes", metavar="BYTES", help="each gateway's KV budget (see `eaas gateway --help`)")
+    p.add_argument("--max-queued-requests", type=int, help="each gateway's queue bound (see `eaas gateway --help`)")
+    p.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
+                   help="expert data path between gateways and expert servers: auto = shared-memory slots when "
+                        "both ends offer them (they do on one host), shm = slots required, grpc (default auto)")
     p.add_argument("--demo", action="store_true", help="stream one completion through the SDK, then stop")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for health (default 180)")
     p.add_argument("--api-key", help="the gateways require 'Authorization: Bearer KEY' (default $EAAS_API_KEY); "
@@ -175,7 +180,8 @@ def run(args) -> int:
                 name, address = f"expert-{g.name}-r{r}", f"{args.host}:{port}"
                 argv = py + ["expert-server", "--model", str(model), "--experts", format_expert_ids(g.experts),
                              "--host", args.host, "--port", str(port), "--metrics-port", "0", "--group", g.name,
-                             "--deployment", "local", "--dtype", args.dtype]
+                             "--deployment", "local", "--dtype", args.dtype,
+                             "--transport", "grpc" if args.transport == "grpc" else "auto"]
                 if redis_url:
                     argv += ["--redis", redis_url]
                 experts.append((name, fleet.spawn(name, argv, threads), address))
@@ -191,9 +197,13 @@ def run(args) -> int:
             # idle hardware to overlap with and more micro-batches only add RPCs (measured: 0.59 vs 0.55)
             argv = py + ["gateway", "--model", str(model), "--expert-servers", ";".join(spec), "--host", args.host,
                          "--grpc-port", str(grpc_ports[i]), "--http-port", str(http_ports[i]),
-                         "--dtype", args.dtype, "--micro-batches", "1"]
+                         "--dtype", args.dtype, "--micro-batches", "1", "--transport", args.transport]
             if redis_url:
                 argv += ["--redis", redis_url]
+            if args.kv_cache_bytes:
+                argv += ["--kv-cache-bytes", args.kv_cache_bytes]
+            if args.max_queued_requests is not None:
+                argv += ["--max-queued-requests", str(args.max_queued_requests)]
             gateways.append((name, fleet.spawn(name, argv, threads), grpc_addr))
         for name, proc, address in gateways:
             wait_healthy(fleet, name, proc, address, args.ready_timeout)

@@ -31,7 +31,7 @@ class CombineBatcher:
         self.experts = experts
         self.device = device
         self.observe = observe
-        self._queue: list[tuple[CombineJob, asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._queue: list[tuple[CombineJob, _LoopWaiter | _CallbackWaiter]] = []
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="expert-combine", daemon=True)
@@ -41,12 +41,19 @@ class CombineBatcher:
         """Queue a job from the event loop; the future resolves to the [T, D] CPU output."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        self._enqueue(job, _LoopWaiter(fut, loop))
+        return fut
+
+    def submit_with_callback(self, job: CombineJob, done: Callable[[torch.Tensor | None, BaseException | None], None]):
+        """Queue a job from any thread; done(output, error) runs on the compute thread (no event-loop hop)."""
+        self._enqueue(job, _CallbackWaiter(done))
+
+    def _enqueue(self, job: CombineJob, waiter) -> None:
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed")
-            self._queue.append((job, fut, loop))
+            self._queue.append((job, waiter))
             self._cond.notify()
-        return fut
 
     def close(self) -> None:
         with self._cond:
@@ -62,7 +69,7 @@ class CombineBatcher:
                 if not self._queue:
                     return  # closed and drained
                 batch, self._queue = self._queue, []
-            batch = [item for item in batch if not item[1].done()]  # skip requests cancelled while queued
+            batch = [item for item in batch if not item[1].cancelled()]  # skip requests cancelled while queued
             groups: dict[tuple, list] = {}
             for item in batch:
                 job = item[0]
@@ -71,15 +78,15 @@ class CombineBatcher:
                 self._combine_group(items)
 
     def _combine_group(self, items: list) -> None:
-        jobs = [job for job, _, _ in items]
+        jobs = [job for job, _ in items]
         try:
             out = self.combine_jobs(jobs)
         except Exception as exc:  # a bug or device error: fail these requests, keep serving
-            for _, fut, loop in items:
-                loop.call_soon_threadsafe(_set_exception, fut, exc)
+            for _, waiter in items:
+                waiter.fail(exc)
             return
-        for (_, fut, loop), part in zip(items, out):
-            loop.call_soon_threadsafe(_set_result, fut, part)
+        for (_, waiter), part in zip(items, out):
+            waiter.finish(part)
 
     def combine_jobs(self, jobs: list[CombineJob]) -> list[torch.Tensor]:
         """One combine over the concatenated tokens of jobs of the same layer; outputs split per job."""
@@ -93,6 +100,38 @@ class CombineBatcher:
         if self.observe is not None:
             self.observe(hidden.shape[0], ids, time.perf_counter() - start)
         return list(out.split([j.tokens for j in jobs]))
+
+
+class _LoopWaiter:
+    """A request from the event loop (gRPC): its asyncio future is resolved on that loop."""
+
+    def __init__(self, fut: asyncio.Future, loop: asyncio.AbstractEventLoop):
+        self.fut, self.loop = fut, loop
+
+    def cancelled(self) -> bool:
+        return self.fut.done()
+
+    def finish(self, part: torch.Tensor) -> None:
+        self.loop.call_soon_threadsafe(_set_result, self.fut, part)
+
+    def fail(self, exc: BaseException) -> None:
+        self.loop.call_soon_threadsafe(_set_exception, self.fut, exc)
+
+
+class _CallbackWaiter:
+    """A request from a slot link's thread: answered from the compute thread itself."""
+
+    def __init__(self, done):
+        self.done = done
+
+    def cancelled(self) -> bool:
+        return False
+
+    def finish(self, part: torch.Tensor) -> None:
+        self.done(part, None)
+
+    def fail(self, exc: BaseException) -> None:
+        self.done(None, exc)
 
 
 def _set_result(fut: asyncio.Future, value) -> None:

@@ -40,6 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="Combine requests admitted at once; more get RESOURCE_EXHAUSTED (default 32)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto = cuda when available, else cpu")
+    parser.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
+                        help="data paths offered: auto/shm = gRPC plus shared-memory slots for gateways on this host "
+                             "(named in Info), grpc = gRPC only (default auto)")
 
 
 def _ids(text: str | None, flag: str) -> list[int] | None:
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"--metrics-port {args.metrics_port}: {exc}") from None
     config = ServerConfig(args.host, args.port, args.group, args.deployment, args.max_inflight,
-                          ckpt.fingerprint(), ckpt.family.model_type)
+                          ckpt.fingerprint(), ckpt.family.model_type, offer_shm=args.transport != "grpc")
     servicer = build_servicer(experts, config, device, metrics)
     layers = sorted(experts.layers)
     expert_ids = experts.layers[layers[0]].expert_ids

@@ -25,7 +25,6 @@ class CombineJob:
     hidden: torch.Tensor      # [T, D]
     expert_ids: torch.Tensor  # [T, k] int32
     weights: torch.Tensor     # [T, k]
-    request_id: str = ""
 
     @property
     def tokens(self) -> int:
@@ -70,12 +69,20 @@ def decode_combine(req: expert_pb2.CombineRequest, served: ServedExperts) -> Com
         raise WireError(f"weights: shape {list(weights.shape)} differs from expert_ids {list(ids.shape)}")
     if not bool(torch.isfinite(weights).all()):  # routing weights are probabilities (found by fuzzing: NaN passed)
         raise WireError("weights: NaN or infinite routing weights")
-    if tokens and not bool(served.accepts_id[(ids.clamp(-2, served.num_experts) + 2).long()].all()):
-        foreign = sorted(set(torch.unique(ids).tolist()) - served.expert_ids - {-1})
-        out_of_range = [e for e in foreign if not 0 <= e < served.num_experts]
-        if out_of_range:
-            raise WireError(f"expert ids {format_expert_ids(out_of_range)} out of range "
-                            f"0..{served.num_experts - 1} (use -1 for none)")
-        raise WireError(f"experts {format_expert_ids(foreign)} are not held by this server "
-                        f"(it holds {format_expert_ids(served.expert_ids)})")
-    return CombineJob(req.layer, hidden, ids, weights, req.request_id)
+    problem = accepted_ids(ids, served)
+    if problem:
+        raise WireError(problem)
+    return CombineJob(req.layer, hidden, ids, weights)
+
+
+def accepted_ids(ids: torch.Tensor, served: ServedExperts) -> str | None:
+    """None if every id in ids is -1 or held here; else what is wrong (shared by both transports)."""
+    if not ids.numel() or bool(served.accepts_id[(ids.clamp(-2, served.num_experts) + 2).long()].all()):
+        return None
+    foreign = sorted(set(torch.unique(ids).tolist()) - served.expert_ids - {-1})
+    out_of_range = [e for e in foreign if not 0 <= e < served.num_experts]
+    if out_of_range:
+        return (f"expert ids {format_expert_ids(out_of_range)} out of range "
+                f"0..{served.num_experts - 1} (use -1 for none)")
+    return (f"experts {format_expert_ids(foreign)} are not held by this server "
+            f"(it holds {format_expert_ids(served.expert_ids)})")

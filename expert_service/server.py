@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from eaas.expert_service.batcher import CombineBatcher
 from eaas.expert_service.combine_request import ServedExperts, decode_combine
 from eaas.expert_service.metrics import ExpertServerMetrics
+from eaas.expert_service.slot_server import SlotServer
 from eaas.logs import log_event
 from eaas.model.experts import ExpertWeights
 from eaas.protos import expert_pb2, expert_pb2_grpc
@@ -44,6 +46,7 @@ class ServerConfig:
     max_inflight: int
     model_fingerprint: str
     model_type: str
+    offer_shm: bool = True  # also serve the shared-memory data path (expert_service/slot_server.py)
 
 
 def move_experts(experts: ExpertWeights, device: torch.device) -> None:
@@ -59,9 +62,25 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         self.batcher = batcher
         self.metrics = metrics
         self.max_inflight = max_inflight
-        self.inflight = 0  # touched only on the event loop
+        self.inflight = 0  # gRPC calls on the event loop and slot links' threads: changed under _admission
+        self._admission = threading.Lock()
         self.draining = False
-        self._replies: set[asyncio.Future] = set()  # admitted calls whose reply is not yet handed to gRPC core
+        self._replies: set[asyncio.Future] = set()  # admitted calls whose reply batch has not completed
+
+    def admit(self) -> str | None:
+        """Count one more request in flight; or say why not (the RESOURCE_EXHAUSTED detail)."""
+        with self._admission:
+            if self.inflight >= self.max_inflight:
+                self.metrics.requests.labels("RESOURCE_EXHAUSTED").inc()
+                return f"{self.inflight} requests in flight (limit {self.max_inflight}); retry elsewhere"
+            self.inflight += 1
+        self.metrics.inflight.inc()
+        return None
+
+    def release(self) -> None:
+        with self._admission:
+            self.inflight -= 1
+        self.metrics.inflight.dec()
 
     async def Combine(self, request, context):
         if self.draining:
@@ -71,14 +90,11 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             job = decode_combine(request, self.served)
         except WireError as exc:
             self.metrics.requests.labels("INVALID_ARGUMENT").inc()
-            log_event(log, "bad_request", logging.WARNING, request_id=request.request_id, error=exc)
+            log_event(log, "bad_request", logging.WARNING, layer=request.layer, peer=context.peer(), error=exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if self.inflight >= self.max_inflight:
-            self.metrics.requests.labels("RESOURCE_EXHAUSTED").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{self.inflight} requests in flight (limit {self.max_inflight}); retry elsewhere")
-        self.inflight += 1
-        self.metrics.inflight.inc()
+        refusal = self.admit()
+        if refusal:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
         self._track_reply(context)
         try:
             out = await self.batcher.submit(job)
@@ -87,8 +103,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             log_event(log, "combine_failed", logging.ERROR, layer=job.layer, tokens=job.tokens, error=repr(exc))
             await context.abort(grpc.StatusCode.INTERNAL, f"combine failed: {exc!r}")
         finally:
-            self.inflight -= 1
-            self.metrics.inflight.dec()
+            self.release()
         self.metrics.requests.labels("OK").inc()
         return expert_pb2.CombineResponse(output=encode_tensor(out))
 
@@ -96,7 +111,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         return self.info
 
     def _track_reply(self, context) -> None:
-        """Resolve a future once the call ends: its reply batch completed, i.e. every byte is in the socket."""
+        """Resolve a future once the call ends: its reply batch completed (gRPC core wrote every byte)."""
         sent = asyncio.get_running_loop().create_future()
         self._replies.add(sent)
 
@@ -109,11 +124,12 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
 
     @property
     def unsent(self) -> int:
-        """Admitted calls whose reply is not yet handed to gRPC core."""
+        """Admitted calls whose reply batch has not completed."""
         return len(self._replies)
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new Combine calls; wait (up to `timeout`) until every admitted call's reply is sent."""
+        """Refuse new Combine calls (UNAVAILABLE: the gateway retries another replica); wait up to `timeout`
+        until every admitted call's reply batch completed."""
         self.draining = True
         if self._replies:
             await asyncio.wait(set(self._replies), timeout=timeout)
@@ -153,6 +169,11 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
     if bound == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     await server.start()
+    slots = None
+    if config.offer_shm:
+        slots = SlotServer(servicer)
+        await slots.start()
+        servicer.info.shm_endpoint = slots.endpoint
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
@@ -176,7 +197,17 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
     # them: the client acks the PING only after reading the replies, and core closes only after that ack.
     started = loop.time()
     await servicer.drain(DRAIN_GRACE_SECONDS)
+    if slots is not None:  # slot requests are refused from now on too; admitted ones finish first
+        await _drain_slots(servicer, slots, started + DRAIN_GRACE_SECONDS)
     log_event(log, "replies_sent", seconds=f"{loop.time() - started:.2f}", unsent=servicer.unsent)
     await server.stop(max(0.0, started + DRAIN_GRACE_SECONDS - loop.time()))
     servicer.batcher.close()
     log_event(log, "stopped")
+
+
+async def _drain_slots(servicer: ExpertServicer, slots: SlotServer, deadline: float) -> None:
+    """Let admitted shared-memory requests finish (their replies are rung from the compute thread), then drop
+    the links: gateways see EOF and send what comes next to other replicas."""
+    while servicer.inflight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    await slots.close()

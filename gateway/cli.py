@@ -46,6 +46,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batched-tokens", type=int, default=4096, help="tokens per step at most (default 4096)")
     p.add_argument("--micro-batches", type=int, default=2,
                    help="split each step into N micro-batches that overlap compute with expert RPCs (default 2)")
+    p.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
+                   help="expert data path: auto = shared-memory slots with every expert server on this host that "
+                        "offers them, gRPC with the others; shm = slots required; grpc = gRPC only (default auto)")
     p.add_argument("--kv-cache-bytes", type=parse_bytes, metavar="BYTES",
                    help="KV cache budget, preallocated at start (e.g. 2GiB, 500MB, 1073741824); default: "
                         f"{describe_default()}, capped at what --max-num-seqs full contexts can use".replace("%", "%%"))
@@ -74,14 +77,11 @@ def run(args) -> int:
                           max_batched_tokens=args.max_batched_tokens, micro_batches=args.micro_batches,
                           prefix_cache=not args.no_prefix_cache, watch_endpoints=args.watch_endpoints,
                           namespace=args.namespace, kv_cache_bytes=args.kv_cache_bytes,
-                          max_queued_requests=args.max_queued_requests,
+                          max_queued_requests=args.max_queued_requests, transport=args.transport,
                           api_key=resolve_api_key(args.api_key, args.api_key_file))
     if opts.expert_servers:
         from eaas.gateway.discovery import parse_expert_servers
 
         parse_expert_servers(opts.expert_servers)  # a bad spec fails now, with one line
-    try:
-        asyncio.run(Gateway(opts).serve())
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from None
+    asyncio.run(Gateway(opts).serve())  # UserError: one line (eaas/cli.py); anything else: a traceback, exit 1
     return 0

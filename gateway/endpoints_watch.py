@@ -25,6 +25,7 @@ log = logging.getLogger("eaas.gateway.endpoints")
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 WATCH_TIMEOUT_S = 240  # the API server closes a watch after this; we then resume from the last version
 RETRY_S = 1.0
+MAX_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -84,16 +85,22 @@ class EndpointsWatch:
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=WATCH_TIMEOUT_S + 30)
+        delay = RETRY_S
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 try:
                     version = await self._list(session)
+                    delay = RETRY_S
                     while version:
                         version = await self._watch(session, version)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # API restarts, network: keep the table, relist shortly
-                    log.warning("endpoints watch in %s interrupted (%s); relisting", self.namespace, exc)
+                except Exception as exc:  # API restarts, network, RBAC: keep the table, relist with back-off
+                    log.warning("endpoints watch in %s interrupted (%s); relisting in %.0f s",
+                                self.namespace, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_RETRY_S)
+                    continue
                 await asyncio.sleep(RETRY_S)
 
     async def _list(self, session: aiohttp.ClientSession) -> str:

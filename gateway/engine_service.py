@@ -194,14 +194,14 @@ class EngineService:
                                        "first_token_index": params.first_token_index + len(resume_ids)})
         full_prompt = prompt_ids + resume_ids
         self.engine.check_request(full_prompt, params)  # raises RequestError before anything is queued
-        queued = self.queued
-        if queued >= self.max_queued_requests:
-            self.metrics.requests_refused.inc()
-            raise QueueFull(queued)
         req = _Request(full_prompt, params, request_id, len(resume_ids), asyncio.get_running_loop(), asyncio.Queue(),
                        detokenizer=IncrementalDetokenizer(self.tokenizer))
         if self.kv_pool is not None:  # looked up here, on the caller's loop: the engine thread never waits on it
             _, req.cached_blocks = await self.kv_pool.match_async(full_prompt)
+        queued = self.queued  # counted with no await before the put: arrivals cannot all pass at once
+        if queued >= self.max_queued_requests:
+            self.metrics.requests_refused.inc()
+            raise QueueFull(queued)
         self.metrics.requests_started()
         self._inbox.put(req)
         self._wake.set()

@@ -19,6 +19,8 @@ from grpc_reflection.v1alpha import reflection
 from eaas.engine.factory import engine_with_backend, load_tokenizer
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
+from eaas.errors import UserError
+from eaas.rpc.slot_transport import make_transport
 from eaas.gateway import discovery
 from eaas.gateway.auth import grpc_interceptors
 from eaas.gateway.engine_service import EngineService
@@ -63,6 +65,7 @@ class GatewayOptions:
     kubeconfig: str | None = None  # outside a pod
     drain_s: float = 30.0
     api_key: str | None = None  # every RPC/route but health and /metrics needs it (Bearer)
+    transport: str = "auto"  # expert data path: auto | shm | grpc (eaas/rpc/slot_transport.py)
 
 
 class Gateway:
@@ -101,14 +104,16 @@ class Gateway:
         return []
 
     async def _wait_for_table(self, timeout_s: float = 120.0) -> list:
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        # In a cluster, a gateway without every expert is simply not Ready yet (its ports stay closed and the
+        # startup probe waits): new expert groups may still be loading, so wait for them instead of exiting.
+        deadline = asyncio.get_running_loop().time() + (float("inf") if self.endpoints is not None else timeout_s)
         while True:
             groups = await self.current_groups()
             if discovery.usable(groups, self.num_experts):
                 return groups
             if asyncio.get_running_loop().time() > deadline:
                 have = sorted({e for g in groups if g.addresses for e in g.expert_ids})
-                raise RuntimeError(f"no expert replicas for every expert after {timeout_s:.0f}s "
+                raise UserError(f"no expert replicas for every expert after {timeout_s:.0f}s "
                                    f"(have experts {format_expert_ids(have) or 'none'} of 0-{self.num_experts - 1})")
             await asyncio.sleep(0.5)
 
@@ -150,7 +155,8 @@ class Gateway:
 
     # --- serving --------------------------------------------------------------------------------
     def _build_engine(self, groups) -> EngineService:
-        self.backend = RemoteExpertBackend(groups, fingerprint=self.fingerprint, layers=self.ckpt.moe_layers())
+        self.backend = RemoteExpertBackend(groups, fingerprint=self.fingerprint, layers=self.ckpt.moe_layers(),
+                                           transport=make_transport(self.opts.transport))
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
                                      ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches,
@@ -194,7 +200,10 @@ class Gateway:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([GATEWAY_SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
-        grpc_port = server.add_insecure_port(f"{o.host}:{o.grpc_port}")
+        try:
+            grpc_port = server.add_insecure_port(f"{o.host}:{o.grpc_port}")
+        except RuntimeError:  # grpc's way of saying the address cannot be bound
+            raise UserError(f"--grpc-port {o.grpc_port}: cannot listen on {o.host}:{o.grpc_port}") from None
         await server.start()
 
         from aiohttp import web
@@ -204,7 +213,11 @@ class Gateway:
         runner = web.AppRunner(build_http_app(self.service, self.model_name, o.api_key))
         await runner.setup()
         site = web.TCPSite(runner, o.host, o.http_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise UserError(f"--http-port {o.http_port}: cannot listen on {o.host}:{o.http_port}: "
+                            f"{exc.strerror}") from None
         for svc in ("", GATEWAY_SERVICE):
             await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
         http_port = runner.addresses[0][1] if runner.addresses else o.http_port

@@ -55,9 +55,9 @@ class ChildObjects:
             namespace=manifest["metadata"]["namespace"], field_manager=FIELD_MANAGER, force_conflicts=True)
 
     def prune(self, owner_uid: str, namespace: str, instance: str, keep: list[dict[str, Any]],
-              kinds: list[tuple[str, str]]) -> list[str]:
-        """Delete owned children of the given (apiVersion, kind)s that `keep` no longer lists."""
-        wanted = {_key(m) for m in keep}
+              kinds: list[tuple[str, str]], keep_names: tuple[str, ...] = ()) -> list[str]:
+        """Delete owned children of the given (apiVersion, kind)s that neither `keep` nor `keep_names` lists."""
+        wanted = {_key(m) for m in keep} | {(kind, name) for _, kind in kinds for name in keep_names}
         selector = f"app.kubernetes.io/instance={instance},app.kubernetes.io/managed-by={MANAGED_BY}"
         removed = []
         for api_version, kind in kinds:
@@ -77,10 +77,18 @@ class ChildObjects:
             namespace, label_selector=f"app.kubernetes.io/instance={instance},"
                                       f"app.kubernetes.io/managed-by={MANAGED_BY}")
         return {
-            d.metadata.name: DeploymentState(replicas=d.spec.replicas or 0, ready=d.status.ready_replicas or 0,
-                                             updated=d.status.updated_replicas or 0)
+            d.metadata.name: DeploymentState(
+                replicas=d.spec.replicas or 0, ready=d.status.ready_replicas or 0,
+                updated=d.status.updated_replicas or 0, pods=d.status.replicas or 0,
+                observed=(d.status.observed_generation or 0) >= (d.metadata.generation or 0))
             for d in listing.items
         }
+
+    def terminating_pods(self, namespace: str, selector: dict[str, str]) -> int:
+        """Pods of the selector that are shutting down (still draining requests)."""
+        pods = kubernetes.client.CoreV1Api(self.api_client).list_namespaced_pod(
+            namespace, label_selector=",".join(f"{k}={v}" for k, v in selector.items()))
+        return sum(1 for p in pods.items if p.metadata.deletion_timestamp)
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         apps = kubernetes.client.AppsV1Api(self.api_client)

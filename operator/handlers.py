@@ -17,11 +17,15 @@ import redis
 from . import load
 from .cluster import ChildObjects, load_kube_config, prunable_kinds
 from .decisions import group_replicas
-from .manifests import desired_manifests
+from .manifests import desired_manifests, selector_labels
 from .refresh import Refresher, now_iso
+from .rollout import plan_layout_change
 from .spec import DEFAULT_REDIS_IMAGE, GROUP, PLURAL, VERSION, SpecError, parse_spec, redis_url_of
 from .status import groups_status, readiness_status, replicas_from_status, set_condition
 from .tracking import ObjectState, Tracked
+
+
+RESHAPE_POLL_SECONDS = 3
 
 
 class QuietTracking(logging.Filter):
@@ -93,7 +97,11 @@ def reconcile(name: str, namespace: str, spec: kopf.Spec, status: kopf.Status, m
         try:
             for manifest in manifests:
                 memo.children.apply(manifest)
-            removed = memo.children.prune(meta["uid"], namespace, name, manifests, prunable_kinds(memo.features))
+            states = memo.children.deployment_states(namespace, name)
+            draining = memo.children.terminating_pods(namespace, selector_labels(moe, "gateway"))
+            change = plan_layout_change(moe, states, draining)
+            removed = memo.children.prune(meta["uid"], namespace, name, manifests, prunable_kinds(memo.features),
+                                          keep_names=change.keep)
         except Exception as exc:  # ApiException, connection errors: report, then let kopf retry
             state.conditions = set_condition(state.conditions, "Degraded", True, "ApplyFailed", str(exc)[:500],
                                              now_iso())
@@ -101,14 +109,17 @@ def reconcile(name: str, namespace: str, spec: kopf.Spec, status: kopf.Status, m
             raise kopf.TemporaryError(f"applying children failed: {exc}", delay=10) from exc
         conditions = set_condition(state.conditions, "Degraded", False, "AsExpected", "all children applied",
                                    now_iso())
-        states = memo.children.deployment_states(namespace, name)
-        readiness = readiness_status(moe, states, conditions, now_iso())
+        state.reshaping = change.waiting
+        readiness = readiness_status(moe, states, conditions, now_iso(), state.reshaping)
         state.conditions = readiness["conditions"]
         state.groups = groups_status(moe, desired, states, None, {}, state.as_status())
         patch.status.update(readiness)
         patch.status["groups"] = state.groups
         patch.status["observedGeneration"] = meta.get("generation")
-        patch.status["redisUrl"] = moe.redis_url or ""
+        # None removes the field: kube-apiserver 1.20 rejects "" in a status merge patch as "null"
+        patch.status["redisUrl"] = moe.redis_url
+    if change.waiting:  # kopf calls reconcile again; the old groups go once the gateways have moved
+        raise kopf.TemporaryError(change.waiting, delay=RESHAPE_POLL_SECONDS)
     message = f"applied {len(manifests)} objects: {len(moe.groups)} expert groups of " \
               f"{moe.experts_per_replica} experts, {moe.gateway_replicas} gateways"
     if removed:

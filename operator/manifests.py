@@ -17,7 +17,7 @@ from .features import ClusterFeatures, cluster_features  # noqa: F401  (re-expor
 from .pods import (REDIS_UID, graceful_shutdown, http_health_check, omp_threads_env, pod_spec, probes,
                    serving_check)
 from .spec import (EXPERT_GRPC_PORT, EXPERT_METRICS_PORT, GATEWAY_GRPC_PORT, GATEWAY_HTTP_PORT, REDIS_PORT,
-                   MoESpec, PodPlacement)
+                   MoESpec, PodPlacement, expert_object_name, group_label)
 
 MANAGED_BY = "eaas-operator"
 TOPOLOGY_KEY = "topology.json"
@@ -42,7 +42,7 @@ def selector_labels(spec: MoESpec, component: str, group: str | None = None) -> 
 
 
 def expert_service_name(spec: MoESpec, group: ExpertGroup) -> str:
-    return f"{spec.name}-experts-{group.name}"
+    return expert_object_name(spec.name, group)
 
 
 def topology_document(spec: MoESpec) -> dict[str, Any]:
@@ -200,9 +200,9 @@ def expert_group_manifests(spec: MoESpec, group: ExpertGroup, replicas: int,
                    "prometheus.io/port": str(EXPERT_METRICS_PORT)}
     pod = pod_spec(spec, spec.experts, container, model_volumes)
     return [
-        _deployment(spec, name, "expert-group", group.name, replicas, pod, annotations),
-        _service(spec, name, "expert-group", group.name, ports, headless=True),
-        _pdb(spec, name, "expert-group", group.name, features),
+        _deployment(spec, name, "expert-group", group_label(group), replicas, pod, annotations),
+        _service(spec, name, "expert-group", group_label(group), ports, headless=True),
+        _pdb(spec, name, "expert-group", group_label(group), features),
     ]
 
 

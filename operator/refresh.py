@@ -86,7 +86,7 @@ class Refresher:
                         log.warning("cannot read load for %s/%s: %s", moe.namespace, moe.name, exc)
                     conditions = set_condition(conditions, "Degraded", True, "RedisUnreachable",
                                                f"cannot read load statistics: {exc}", now_iso())
-            readiness = readiness_status(moe, states, conditions, now_iso())
+            readiness = readiness_status(moe, states, conditions, now_iso(), state.reshaping)
             state.conditions = readiness["conditions"]
             state.groups = groups_status(moe, replicas, states, loads, histories, state.as_status())
             self.children.patch_status(moe.namespace, moe.name, {**readiness, "groups": state.groups})

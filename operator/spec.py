@@ -81,6 +81,17 @@ class MoESpec:
         return self.redis_external_url
 
 
+def group_label(group: ExpertGroup) -> str:
+    """A group's identity in object names and labels: its expert range ('e0-3'), not its index, so that
+    a re-shaped layout's groups never share a name or a selector with the layout they replace."""
+    return f"e{group.experts[0]}-{group.experts[-1]}"
+
+
+def expert_object_name(deployment: str, group: ExpertGroup) -> str:
+    """Name of the group's Deployment, headless Service and PodDisruptionBudget."""
+    return f"{deployment}-experts-{group_label(group)}"
+
+
 def _quantities(resources: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Quantities as strings: server-side apply rejects `nvidia.com/gpu: 1` (an int) in a Pod spec."""
     return {kind: {name: str(value) for name, value in (amounts or {}).items()}
@@ -178,7 +189,7 @@ def check_spec(spec: MoESpec) -> None:
         raise SpecError("autoscaling.targetTokensPerSecondPerReplica must be > 0")
     if spec.autoscaling.policy not in ("reactive", "predictive"):
         raise SpecError(f"autoscaling.policy must be reactive or predictive, got {spec.autoscaling.policy!r}")
-    longest = f"{spec.name}-experts-{spec.groups[-1].name}"
+    longest = max((expert_object_name(spec.name, g) for g in spec.groups), key=len)
     if len(longest) > MAX_SERVICE_NAME:
         raise SpecError(f"name too long: service {longest!r} would exceed {MAX_SERVICE_NAME} characters; "
                         f"shorten metadata.name or raise experts.expertsPerReplica")

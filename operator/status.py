@@ -15,9 +15,11 @@ from .spec import MoESpec
 @dataclass(frozen=True)
 class DeploymentState:
     """What the cluster reports for one child Deployment."""
-    replicas: int
+    replicas: int  # spec.replicas
     ready: int
-    updated: int
+    updated: int  # pods of the current template
+    pods: int | None = None  # status.replicas: pods of every template, terminating ones excluded
+    observed: bool = True  # the controller has seen the current spec (observedGeneration >= generation)
 
 
 def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool, reason: str, message: str,
@@ -82,8 +84,9 @@ def groups_status(spec: MoESpec, desired: dict[str, int], states: dict[str, Depl
 
 
 def readiness_status(spec: MoESpec, states: dict[str, DeploymentState], conditions: list[dict[str, Any]],
-                     now_iso: str) -> dict[str, Any]:
-    """Printer-column summaries plus the Ready and Progressing conditions."""
+                     now_iso: str, reshaping: str | None = None) -> dict[str, Any]:
+    """Printer-column summaries plus the Ready and Progressing conditions; `reshaping`: why the old
+    layout's groups are still kept (operator/rollout.py), which is what Progressing then says."""
     group_names = [expert_service_name(spec, g) for g in spec.groups]
     ready_groups = sum(1 for n in group_names if n in states and states[n].ready >= 1)
     gateway = states.get(f"{spec.name}-gateway", DeploymentState(spec.gateway_replicas, 0, 0))
@@ -93,9 +96,12 @@ def readiness_status(spec: MoESpec, states: dict[str, DeploymentState], conditio
         conditions, "Ready", all_ready, "AllGroupsServing" if all_ready else "ReplicasNotReady",
         f"{ready_groups}/{len(group_names)} expert groups and {gateway.ready}/{gateway.replicas} gateways ready",
         now_iso)
-    conditions = set_condition(
-        conditions, "Progressing", bool(rolling), "RollingOut" if rolling else "Stable",
-        f"waiting for: {', '.join(rolling)}" if rolling else "every Deployment is up to date", now_iso)
+    if reshaping:
+        conditions = set_condition(conditions, "Progressing", True, "ReshapingGroups", reshaping, now_iso)
+    else:
+        conditions = set_condition(
+            conditions, "Progressing", bool(rolling), "RollingOut" if rolling else "Stable",
+            f"waiting for: {', '.join(rolling)}" if rolling else "every Deployment is up to date", now_iso)
     return {
         "readyExpertGroups": f"{ready_groups}/{len(group_names)}",
         "gateways": f"{gateway.ready}/{gateway.replicas}",

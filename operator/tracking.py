@@ -19,6 +19,7 @@ class ObjectState:
     groups: list[dict[str, Any]]
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_refresh: float | None = None  # monotonic seconds of the last refresh pass
+    reshaping: str | None = None  # why a retired layout's groups are still kept (reconcile decides)
 
     def as_status(self) -> dict[str, Any]:
         return {"conditions": self.conditions, "groups": self.groups}

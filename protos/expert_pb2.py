@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x61\x61s/protos/expert.proto\x12\x07\x65\x61\x61s.v1\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x9b\x01\n\x0e\x43ombineRequest\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x1f\n\x06hidden\x18\x02 \x01(\x0b\x32\x0f.eaas.v1.Tensor\x12#\n\nexpert_ids\x18\x03 \x01(\x0b\x32\x0f.eaas.v1.Tensor\x12 \n\x07weights\x18\x04 \x01(\x0b\x32\x0f.eaas.v1.Tensor\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"2\n\x0f\x43ombineResponse\x12\x1f\n\x06output\x18\x01 \x01(\x0b\x32\x0f.eaas.v1.Tensor\"\r\n\x0bInfoRequest\"\xfc\x01\n\nServerInfo\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x0e\n\x06layers\x18\x03 \x03(\r\x12\x12\n\nexpert_ids\x18\x04 \x03(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x13\n\x0bhidden_size\x18\x06 \x01(\r\x12\x13\n\x0bnum_experts\x18\x07 \x01(\r\x12\r\n\x05group\x18\x08 \x01(\t\x12\x12\n\ndeployment\x18\t \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x14\n\x0cmax_inflight\x18\x0b \x01(\r\x12\x19\n\x11max_message_bytes\x18\x0c \x01(\x04\x32\x80\x01\n\rExpertService\x12<\n\x07\x43ombine\x12\x17.eaas.v1.CombineRequest\x1a\x18.eaas.v1.CombineResponse\x12\x31\n\x04Info\x12\x14.eaas.v1.InfoRequest\x1a\x13.eaas.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x61\x61s/protos/expert.proto\x12\x07\x65\x61\x61s.v1\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x99\x01\n\x0e\x43ombineRequest\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x1f\n\x06hidden\x18\x02 \x01(\x0b\x32\x0f.eaas.v1.Tensor\x12#\n\nexpert_ids\x18\x03 \x01(\x0b\x32\x0f.eaas.v1.Tensor\x12 \n\x07weights\x18\x04 \x01(\x0b\x32\x0f.eaas.v1.TensorJ\x04\x08\x05\x10\x06R\nrequest_id\"2\n\x0f\x43ombineResponse\x12\x1f\n\x06output\x18\x01 \x01(\x0b\x32\x0f.eaas.v1.Tensor\"\r\n\x0bInfoRequest\"\x92\x02\n\nServerInfo\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x0e\n\x06layers\x18\x03 \x03(\r\x12\x12\n\nexpert_ids\x18\x04 \x03(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x13\n\x0bhidden_size\x18\x06 \x01(\r\x12\x13\n\x0bnum_experts\x18\x07 \x01(\r\x12\r\n\x05group\x18\x08 \x01(\t\x12\x12\n\ndeployment\x18\t \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x14\n\x0cmax_inflight\x18\x0b \x01(\r\x12\x19\n\x11max_message_bytes\x18\x0c \x01(\x04\x12\x14\n\x0cshm_endpoint\x18\r \x01(\t2\x80\x01\n\rExpertService\x12<\n\x07\x43ombine\x12\x17.eaas.v1.CombineRequest\x1a\x18.eaas.v1.CombineResponse\x12\x31\n\x04Info\x12\x14.eaas.v1.InfoRequest\x1a\x13.eaas.v1.ServerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_start=37
   _globals['_TENSOR']._serialized_end=89
   _globals['_COMBINEREQUEST']._serialized_start=92
-  _globals['_COMBINEREQUEST']._serialized_end=247
-  _globals['_COMBINERESPONSE']._serialized_start=249
-  _globals['_COMBINERESPONSE']._serialized_end=299
-  _globals['_INFOREQUEST']._serialized_start=301
-  _globals['_INFOREQUEST']._serialized_end=314
-  _globals['_SERVERINFO']._serialized_start=317
-  _globals['_SERVERINFO']._serialized_end=569
-  _globals['_EXPERTSERVICE']._serialized_start=572
-  _globals['_EXPERTSERVICE']._serialized_end=700
+  _globals['_COMBINEREQUEST']._serialized_end=245
+  _globals['_COMBINERESPONSE']._serialized_start=247
+  _globals['_COMBINERESPONSE']._serialized_end=297
+  _globals['_INFOREQUEST']._serialized_start=299
+  _globals['_INFOREQUEST']._serialized_end=312
+  _globals['_SERVERINFO']._serialized_start=315
+  _globals['_SERVERINFO']._serialized_end=589
+  _globals['_EXPERTSERVICE']._serialized_start=592
+  _globals['_EXPERTSERVICE']._serialized_end=720
 # @@protoc_insertion_point(module_scope)

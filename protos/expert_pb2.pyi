@@ -17,18 +17,16 @@ class Tensor(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CombineRequest(_message.Message):
-    __slots__ = ("layer", "hidden", "expert_ids", "weights", "request_id")
+    __slots__ = ("layer", "hidden", "expert_ids", "weights")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     EXPERT_IDS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     layer: int
     hidden: Tensor
     expert_ids: Tensor
     weights: Tensor
-    request_id: str
-    def __init__(self, layer: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., expert_ids: _Optional[_Union[Tensor, _Mapping]] = ..., weights: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, layer: _Optional[int] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., expert_ids: _Optional[_Union[Tensor, _Mapping]] = ..., weights: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class CombineResponse(_message.Message):
     __slots__ = ("output",)
@@ -41,7 +39,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model_fingerprint", "model_type", "layers", "expert_ids", "dtype", "hidden_size", "num_experts", "group", "deployment", "device", "max_inflight", "max_message_bytes")
+    __slots__ = ("model_fingerprint", "model_type", "layers", "expert_ids", "dtype", "hidden_size", "num_experts", "group", "deployment", "device", "max_inflight", "max_message_bytes", "shm_endpoint")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +52,7 @@ class ServerInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHM_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     model_type: str
     layers: _containers.RepeatedScalarFieldContainer[int]
@@ -66,4 +65,5 @@ class ServerInfo(_message.Message):
     device: str
     max_inflight: int
     max_message_bytes: int
-    def __init__(self, model_fingerprint: _Optional[str] = ..., model_type: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., expert_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_experts: _Optional[int] = ..., group: _Optional[str] = ..., deployment: _Optional[str] = ..., device: _Optional[str] = ..., max_inflight: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    shm_endpoint: str
+    def __init__(self, model_fingerprint: _Optional[str] = ..., model_type: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., expert_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_experts: _Optional[int] = ..., group: _Optional[str] = ..., deployment: _Optional[str] = ..., device: _Optional[str] = ..., max_inflight: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., shm_endpoint: _Optional[str] = ...) -> None: ...

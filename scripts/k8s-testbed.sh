@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes test control plane (kube-apiserver + kube-controller-manager v1.20.2) from
-# Debian bookworm's source package, following /work/shared/docs/real-kubernetes.md.
+# A single-node Kubernetes v1.20.2 on this machine, from Debian's packages and source only
+# (docs/operator.md, "The Kubernetes testbed"):
 #
-#   bash scripts/k8s-testbed.sh build   # idempotent: does nothing when both binaries are cached
-#   bash scripts/k8s-testbed.sh path    # prints the cache folder (tests read EAAS_K8S_BIN or this)
+#   bash scripts/k8s-testbed.sh build   # the five k8s commands from Debian's source package, the node's
+#                                       # packages, kubectl and a static pause image (cached; idempotent)
+#   bash scripts/k8s-testbed.sh path    # prints the binaries' folder (tests read EAAS_K8S_BIN or this)
+#   bash scripts/k8s-testbed.sh up      # starts etcd, the control plane, containerd, a kubelet, kube-proxy
+#                                       # and a cluster DNS; prints `export KUBECONFIG=...` and `export PATH=...`
+#   bash scripts/k8s-testbed.sh image   # builds the eaas and Redis images, loads them into the node;
+#                                       # prints `export EAAS_IMAGE=...` and `export EAAS_REDIS_IMAGE=...`
+#   bash scripts/k8s-testbed.sh down    # stops all of it and removes everything `up` made
 #
-# The control plane itself is started per test session by tests/k8s_operator/conftest.py
-# (etcd + apiserver + controller-manager on free ports, fresh certs in a temp dir).
+# The control-plane-only tier (tests/k8s_operator) starts its own apiserver per session on free ports;
+# the cluster tier (tests/cluster) uses `up`. State lives in $EAAS_K8S_RUN (default /tmp/eaas-k8s).
 set -euo pipefail
 
 K8S_VERSION=1.20.2
 DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 ORIG_TARBALL=kubernetes_1.20.5+really1.20.2.orig.tar.gz
-BIN_DIR="${EAAS_K8S_BIN:-$HOME/.cache/eaas/k8s-$K8S_VERSION}"
+CACHE_ROOT="${EAAS_CACHE:-$HOME/.cache/eaas}"
+BIN_DIR="${EAAS_K8S_BIN:-$CACHE_ROOT/k8s-$K8S_VERSION}"
+NODE_CACHE="${EAAS_K8S_NODE_CACHE:-$CACHE_ROOT/k8s-node}"
 WORK_DIR="${EAAS_K8S_WORK:-$HOME/.cache/eaas/k8s-build}"
 GO_BIN=/usr/lib/go-1.19/bin
 # The control plane, and the node (scheduler, kubelet, kube-proxy) for the cluster tier.
@@ -23,9 +31,33 @@ export DEBIAN_FRONTEND=noninteractive
 
 log() { echo "k8s-testbed: $*" >&2; }
 
-install_packages() {
-    local missing=()
-    for pkg in golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server etcd-client openssl rsync make; do
+SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/k8s"
+REPO="$(cd "$SCRIPTS/../.." && pwd)"
+# The cluster: one per machine (the kubelet's cgroups, /var/log/pods and KUBE-* chains are global).
+RUN_DIR="${EAAS_K8S_RUN:-/tmp/eaas-k8s}"
+NODE_IP="${EAAS_K8S_NODE_IP:-10.250.0.1}"  # a /32 on lo: the kubelet refuses a loopback node IP
+NODE_NAME=eaas-node
+API_PORT=6443
+SERVICE_CIDR=10.0.0.0/24
+SERVICE_IP=10.0.0.1
+POD_CIDR=10.244.0.0/24
+BRIDGE=eaas0
+BRIDGE_IP=10.244.0.1
+PAUSE_IMAGE=localhost/eaas/pause:3.2
+CONTAINERD_SOCK="$RUN_DIR/containerd.sock"
+# Images survive `down` here (an import of the eaas image takes a minute); containers do not.
+CONTAINERD_ROOT="${EAAS_CONTAINERD_ROOT:-$CACHE_ROOT/containerd}"
+
+ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
+kubectl_() { "$NODE_CACHE/kubectl" --kubeconfig "$RUN_DIR/admin.kubeconfig" "$@"; }
+require_running() {
+    [ -S "$CONTAINERD_SOCK" ] || { log "no cluster in $RUN_DIR: run \`bash $0 up\` first"; exit 1; }
+}
+
+# apt-get install whichever of the named Debian packages are not installed yet.
+apt_install_missing() {
+    local missing=() pkg
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -33,8 +65,44 @@ install_packages() {
         $SUDO apt-get update -qq
         $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+}
+
+install_packages() {
+    apt_install_missing golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server etcd-client openssl rsync make
     # etcd-server's package starts a system etcd on 2379; the tests start their own on free ports.
     ($SUDO service etcd stop >/dev/null 2>&1 || true)
+}
+
+# What a node needs besides the k8s commands: the container runtime, CNI plugins, packet filtering,
+# a C compiler for the pause binary, and the image tools (mmdebstrap, buildah).
+NODE_PACKAGES="containerd runc containernetworking-plugins iptables conntrack gcc libc6-dev mmdebstrap buildah"
+
+install_node_packages() {
+    # shellcheck disable=SC2086  # a list of package names
+    apt_install_missing $NODE_PACKAGES
+    # A system containerd started by the package would hold the default socket and the k8s.io
+    # namespace's images; the testbed runs its own with its own socket.
+    ($SUDO service containerd stop >/dev/null 2>&1 || true)
+}
+
+# kubectl 1.20.2 from Debian's kubernetes-client, unpacked (not installed: a kubectl from another
+# package may own /usr/bin/kubectl), and the pause image, built from scripts/k8s/pause.c.
+build_node_files() {
+    mkdir -p "$NODE_CACHE"
+    if [ ! -x "$NODE_CACHE/kubectl" ]; then
+        log "kubectl from Debian's kubernetes-client"
+        local tmp
+        tmp=$(mktemp -d)
+        (cd "$tmp" && apt-get download "kubernetes-client=$DEB_VERSION" >/dev/null 2>&1 \
+            && dpkg-deb -x kubernetes-client_*.deb x)
+        mv "$tmp/x/usr/bin/kubectl" "$NODE_CACHE/kubectl"
+        rm -rf "$tmp"
+    fi
+    if [ ! -f "$NODE_CACHE/pause.tar" ] || [ "$SCRIPTS/pause.c" -nt "$NODE_CACHE/pause.tar" ]; then
+        log "static pause image"
+        gcc -static -Os -s -o "$NODE_CACHE/pause" "$SCRIPTS/pause.c"
+        python3 "$SCRIPTS/oci_archive.py" "$NODE_CACHE/pause" "$PAUSE_IMAGE" "$NODE_CACHE/pause.tar"
+    fi
 }
 
 # Downloads the source package with a private apt configuration: the system's sources stay untouched.
@@ -96,6 +164,8 @@ build_binaries() {
 build() {
     local cmd missing=""
     for cmd in $COMMANDS; do [ -x "$BIN_DIR/$cmd" ] || missing="$missing $cmd"; done
+    install_node_packages
+    build_node_files
     if [ -z "$missing" ]; then
         install_packages  # etcd is needed at run time even when the binaries are cached
         log "cached: $BIN_DIR"
@@ -112,8 +182,16 @@ build() {
     log "built: $BIN_DIR"
 }
 
+source "$SCRIPTS/pki.sh"
+source "$SCRIPTS/configs.sh"
+source "$SCRIPTS/node.sh"
+source "$SCRIPTS/image.sh"
+
 case "${1:-}" in
     build) build ;;
     path) echo "$BIN_DIR" ;;
-    *) echo "usage: $0 build|path" >&2; exit 2 ;;
+    up) up ;;
+    down) down ;;
+    image) build_images ;;
+    *) echo "usage: $0 build|path|up|down|image" >&2; exit 2 ;;
 esac

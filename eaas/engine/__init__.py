@@ -1,1 +1,1 @@
-"""Generation engine: sequences, scheduler, packed KV cache, model runner, continuous batching loop."""
+"""Generation engine: sequences, scheduler, paged KV cache from a fixed budget, model runner, continuous batching loop."""

@@ -1,7 +1,8 @@
 """Packed attention: many sequences of different lengths in one forward, plugged into transformers.
 
 transformers' attention modules project, rotate and cache as usual, then call the registered attention
-function with q [1, H, T, d] (all sequences' new tokens packed) and the padded K/V from PackedKVCache.
+function with q [1, H, T, d] (all sequences' new tokens packed) and the padded K/V that PagedBatch
+gathered from the KV blocks (kv_cache.py).
 Here q is scattered into a [B, H, max_new, d] grid, attended with one SDPA call under a per-sequence
 causal mask, and gathered back.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 
@@ -141,7 +142,7 @@ class LLMEngine:
         while self._finish_requests:
             self.abort(self._finish_requests.popleft())
         running = list(self.running)
-        waiting = [self.waiting[j] for j in range(min(len(self.waiting), self.limits.max_num_seqs))]
+        waiting = list(islice(self.waiting, self.limits.max_num_seqs))  # no step admits more than these
         plan = schedule([self._running_demand(s) for s in running], [self._waiting_demand(s) for s in waiting],
                         self.blocks.num_free, self.block_size, self.limits)
         for i in plan.preempted:  # newest first, so the oldest ends at the head of the queue

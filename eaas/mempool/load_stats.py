@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter as Tally
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -21,9 +21,6 @@ from eaas.mempool.background import cancel_and_wait
 from eaas.mempool.keys import LOAD_BUCKET_S, LOAD_KEY_TTL_S, DeploymentKeys, complete_load_buckets, load_bucket
 from eaas.mempool.metrics import MempoolMetrics, mempool_metrics
 from eaas.mempool.redis_link import RedisGuard, connect, describe
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger("eaas.mempool")
 
@@ -152,17 +149,6 @@ class LoadRecorder:
             if n > 0:
                 bucket[int(expert)] = bucket.get(int(expert), 0) + int(n)
         self._bound()
-
-    def add_expert_ids(self, expert_ids: torch.Tensor, now: float | None = None) -> None:
-        """Count a router's chosen expert ids (e.g. top_k_index of one layer, any shape; -1 = none)."""
-        import torch  # here, not at the top: the operator reads load windows without torch
-
-        ids = expert_ids.detach().reshape(-1).to("cpu", torch.int64)
-        ids = ids[ids >= 0]
-        if ids.numel():
-            counts = torch.bincount(ids)
-            nonzero = torch.nonzero(counts).reshape(-1)
-            self.add(dict(zip(nonzero.tolist(), counts[nonzero].tolist())), now)
 
     async def flush(self) -> bool:
         """Write every pending window; on failure the counts stay pending for the next flush."""

@@ -22,9 +22,6 @@ class DenseModel:
     """transformers' decoder with remote-able experts, plus the facts the engine needs."""
 
     hf: nn.Module                 # the XForCausalLM
-    checkpoint: Checkpoint
-    dtype: torch.dtype
-    moe_layers: list[int]
 
     @property
     def config(self):
@@ -47,15 +44,12 @@ class DenseModel:
         return {i for i in ids if 0 <= i < self.vocab_size}
 
 
-def _swap_experts(model: nn.Module, backend: ExpertBackend) -> list[int]:
-    """Replace every layer's routed experts by the backend seam; returns the MoE layer indices."""
-    layers = []
+def _swap_experts(model: nn.Module, backend: ExpertBackend) -> None:
+    """Replace every layer's routed experts by the backend seam."""
     for idx, layer in enumerate(model.model.layers):
         mlp = getattr(layer, "mlp", None)
         if mlp is not None and hasattr(mlp, "experts"):
             mlp.experts = RoutedExperts(idx, backend)
-            layers.append(idx)
-    return layers
 
 
 def _keep_fp32_names(model: nn.Module) -> list[str]:
@@ -76,7 +70,7 @@ def load_dense_model(ckpt: Checkpoint, backend: ExpertBackend, dtype: torch.dtyp
     config._attn_implementation = ATTENTION_NAME
     with torch.device("meta"):
         model = cls(config)
-    moe_layers = _swap_experts(model, backend)
+    _swap_experts(model, backend)
     model.to_empty(device="cpu")
     model.to(dtype)
     # Non-persistent buffers (rotary frequencies) are not in the checkpoint: rebuild them for real.
@@ -105,4 +99,4 @@ def load_dense_model(ckpt: Checkpoint, backend: ExpertBackend, dtype: torch.dtyp
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.eval()
-    return DenseModel(model, ckpt, dtype, moe_layers)
+    return DenseModel(model)

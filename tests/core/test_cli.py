@@ -130,3 +130,48 @@ def test_hf_uri_is_fetched_through_the_hub_cache_or_refused_clearly(tmp_path, mo
     proc = subprocess.run(EAAS + ["generate", "--model", "hf://eaas-test/absent-model", "--prompt-ids", "1"],
                           capture_output=True, text=True, timeout=120, env={**__import__("os").environ, **env})
     assert "cannot fetch hf://eaas-test/absent-model" in one_line_error(proc)
+
+
+# `eaas gateway` whose serving loop fails with `error` (what a bug, or a user-fixable problem, raises there)
+GATEWAY_FAILING_WITH = """
+import sys
+import eaas.gateway.server as server
+from eaas.errors import UserError
+
+async def serve(self):
+    raise {error}
+
+server.Gateway.serve = serve
+from eaas.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def gateway_failing_with(error: str, tiny_dir) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-P", "-c", GATEWAY_FAILING_WITH.format(error=error), "gateway",
+                           "--model", str(tiny_dir), "--expert-servers", "0-7=127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_gateway_internal_error_shows_its_traceback_and_exits_1(tiny_dir):
+    proc = gateway_failing_with("RuntimeError('engine invariant broken')", tiny_dir)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "RuntimeError: engine invariant broken"
+    assert "eaas gateway: error:" not in proc.stderr
+
+
+def test_gateway_user_error_is_one_line_and_exit_2(tiny_dir):
+    proc = gateway_failing_with("UserError('--grpc-port 50050: cannot listen on 0.0.0.0:50050')", tiny_dir)
+    assert one_line_error(proc) == "eaas gateway: error: --grpc-port 50050: cannot listen on 0.0.0.0:50050"
+
+
+def test_gateway_without_replicas_for_every_expert_is_a_user_error(tiny_dir):
+    import asyncio
+
+    from eaas.errors import UserError
+    from eaas.gateway.server import Gateway, GatewayOptions
+
+    gateway = Gateway(GatewayOptions(model=str(tiny_dir), expert_servers="0-3=127.0.0.1:1"))
+    with pytest.raises(UserError, match=r"no expert replicas for every expert after 0s \(have experts 0-3 of 0-7\)"):
+        asyncio.run(gateway._wait_for_table(timeout_s=0))

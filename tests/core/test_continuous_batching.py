@@ -20,11 +20,11 @@ def test_request_joining_a_running_batch_gets_the_same_tokens(mixtral_dir):
     alone_sampled = run_alone(engine, late_prompt, sampled)
     alone_early = run_alone(engine, early_prompt, greedy)
 
-    early = engine.add_request(early_prompt, greedy)
+    early = engine.add_request(early_prompt, greedy).seq
     for _ in range(4):  # early is decoding when the others arrive
         engine.step()
-    late_g = engine.add_request(late_prompt, greedy)
-    late_s = engine.add_request(late_prompt, sampled)
+    late_g = engine.add_request(late_prompt, greedy).seq
+    late_s = engine.add_request(late_prompt, sampled).seq
     seen_batch_sizes = set()
     while engine.has_unfinished():
         seen_batch_sizes.add(len(engine.running) + len(engine.waiting))
@@ -41,7 +41,7 @@ def test_long_prompt_is_prefilled_in_chunks_with_the_same_result(mixtral_dir):
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     whole = monolithic_engine(mixtral_dir).generate([prompt], params)[0]
     chunked_engine = monolithic_engine(mixtral_dir, limits=ScheduleLimits(max_num_seqs=4, max_batched_tokens=32))
-    seq = chunked_engine.add_request(prompt, params)
+    seq = chunked_engine.add_request(prompt, params).seq
     steps = 0
     while chunked_engine.has_unfinished():
         chunked_engine.step()
@@ -52,7 +52,7 @@ def test_long_prompt_is_prefilled_in_chunks_with_the_same_result(mixtral_dir):
 
 def test_max_num_seqs_bounds_the_batch_and_queues_the_rest(mixtral_dir):
     engine = monolithic_engine(mixtral_dir, limits=ScheduleLimits(max_num_seqs=2, max_batched_tokens=512))
-    seqs = [engine.add_request([i + 1, i + 2], SamplingParams(max_tokens=3, ignore_eos=True)) for i in range(5)]
+    seqs = [engine.add_request([i + 1, i + 2], SamplingParams(max_tokens=3, ignore_eos=True)).seq for i in range(5)]
     engine.step()
     assert len(engine.running) == 2 and len(engine.waiting) == 3
     while engine.has_unfinished():

@@ -6,20 +6,7 @@ import pytest
 import torch
 
 from eaas.engine.sampler import sample_next
-from eaas.engine.scheduler import ScheduleLimits, Scheduled, schedule
 from eaas.topology import expert_groups, format_expert_ids, parse_expert_ids
-
-
-def test_schedule_decodes_running_then_admits_waiting_within_budgets():
-    picked, admitted = schedule([1, 1], [5, 7, 3], ScheduleLimits(max_num_seqs=4, max_batched_tokens=10))
-    assert picked == [Scheduled(0, 1), Scheduled(1, 1), Scheduled(2, 5), Scheduled(3, 3)]
-    assert admitted == 2  # the second waiting prompt is chunked to the 3 tokens left
-
-
-def test_schedule_respects_max_num_seqs_and_empty_queues():
-    picked, admitted = schedule([1, 1, 1], [4], ScheduleLimits(max_num_seqs=3, max_batched_tokens=100))
-    assert [p.index for p in picked] == [0, 1, 2] and admitted == 0
-    assert schedule([], [], ScheduleLimits()) == ([], 0)
 
 
 def test_greedy_is_argmax_and_sampling_is_seeded():

@@ -77,3 +77,23 @@ def test_batches_over_scattered_blocks_match_each_sequence_alone(mixtral_dir):
     engine.blocks.grow(a, 5)
     step = engine.runner.forward([1, 2], [a, b], [4, 3], [1, 1])  # a decode step over the same tables
     assert step.shape == (2, engine.model.vocab_size) and torch.isfinite(step).all()
+
+
+def test_a_request_with_a_cached_prefix_shares_its_blocks_and_gets_the_same_tokens(mixtral_dir):
+    prompt = [(i * 7) % 250 + 1 for i in range(37)]
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    engine = monolithic_engine(mixtral_dir, block_size=BLOCK)
+    first = engine.add_request(prompt, params)
+    engine.step()  # first prefilled: its two full blocks are named
+    second = engine.add_request(prompt, params)
+    engine.step()
+    shared = first.seq.block_table[:2]
+    assert second.seq.block_table[:2] == shared  # shared, not copied
+    assert len(second.seq.output_ids) == 1 and engine.blocks.refs[shared[0]] == 2
+    while engine.has_unfinished():
+        engine.step()
+    assert second.seq.output_ids == first.seq.output_ids == monolithic_engine(mixtral_dir).generate([prompt], params)[0]
+    assert engine.blocks.num_used == 0
+    third = engine.add_request(prompt, params)  # both finished: the named blocks are free but still cached
+    engine.step()
+    assert third.seq.block_table[:2] == shared

@@ -34,8 +34,21 @@ def test_no_replica_left_gives_none():
     assert pick_replica([], cursor=0) is None
 
 
-def test_pick_is_deterministic_for_equal_inputs():
-    assert {pick_replica([2, 0, 0, 1], cursor=1) for _ in range(10)} == {1}
+def test_picks_that_add_load_spread_requests_evenly_and_follow_finished_work():
+    """The caller's loop: pick, count the request as outstanding, advance the cursor past the pick."""
+    outstanding, cursor, picks = [0, 0, 0], 0, []
+    for _ in range(9):
+        i = pick_replica(outstanding, cursor)
+        outstanding[i] += 1
+        cursor = i + 1
+        picks.append(i)
+    assert picks == [0, 1, 2] * 3
+    outstanding[1] -= 2  # replica 1 answered two requests: the next two go there
+    for _ in range(2):
+        i = pick_replica(outstanding, cursor)
+        outstanding[i] += 1
+        cursor = i + 1
+        assert i == 1
 
 
 @pytest.mark.parametrize("code, action", [

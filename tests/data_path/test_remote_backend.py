@@ -16,6 +16,7 @@ from eaas.gateway.remote_backend import ExpertsUnavailable, RemoteExpertBackend
 from eaas.gateway.replica_table import GroupSpec
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.experts import load_expert_weights
+from eaas.rpc.slot_transport import SlotTransport, make_transport
 from expert_cluster import ExpertServer, start_servers, tiny_mixtral
 
 LOW, HIGH = (0, 1, 2, 3), (4, 5, 6, 7)
@@ -29,6 +30,20 @@ def _batch(seed: int, tokens: int = 64):
     ids[::7, 1] = -1
     weights = torch.softmax(torch.randn(tokens, 2, generator=gen), dim=-1)
     return hidden, ids, weights
+
+
+@pytest.fixture(params=["grpc", "shm"])
+def transport(request):
+    """Every data-path test runs on both transports; shm is --transport shm (slots required)."""
+    return request.param
+
+
+def _backend(kind: str, groups, **kwargs) -> RemoteExpertBackend:
+    backend = RemoteExpertBackend(groups, transport=make_transport(kind), **kwargs)
+    if kind == "shm":  # the calls really go through slots, not the gRPC fallback
+        assert isinstance(backend.transport, SlotTransport)
+        assert all(backend.transport.uses_slots(a) for a, st in backend.replica_states().items() if st == "ready")
+    return backend
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +83,9 @@ def own_servers():
         s.close()
 
 
-def test_remote_combine_over_two_groups_equals_local_combine(cluster, local, fingerprint):
+def test_remote_combine_over_two_groups_equals_local_combine(transport, cluster, local, fingerprint):
     a0, a1, b0, b1 = (s.address for s in cluster)
-    backend = RemoteExpertBackend([(LOW, [a0, a1]), (HIGH, [b0, b1])], fingerprint=fingerprint)
+    backend = _backend(transport, [(LOW, [a0, a1]), (HIGH, [b0, b1])], fingerprint=fingerprint)
     try:
         assert set(backend.replica_states().values()) == {"ready"}
         for seed, layer in enumerate([0, 1, 2, 1]):
@@ -87,9 +102,9 @@ def test_remote_combine_over_two_groups_equals_local_combine(cluster, local, fin
     assert "eaas_gateway_expert_rpc_seconds_bucket" in text and 'eaas_gateway_tokens_routed_total{expert="7"}' in text
 
 
-def test_table_update_adds_and_removes_replicas(cluster, local, fingerprint):
+def test_table_update_adds_and_removes_replicas(transport, cluster, local, fingerprint):
     a0, a1, b0, b1 = cluster
-    backend = RemoteExpertBackend([GroupSpec(LOW, (a0.address,)), GroupSpec(HIGH, (b0.address,))],
+    backend = _backend(transport, [GroupSpec(LOW, (a0.address,)), GroupSpec(HIGH, (b0.address,))],
                                   fingerprint=fingerprint)
     try:
         backend.update_table([GroupSpec(LOW, (a0.address, a1.address)), GroupSpec(HIGH, (b1.address,))])
@@ -109,9 +124,9 @@ def _ok_requests(server: ExpertServer) -> float:
                  if line.startswith('eaas_expert_requests_total{code="OK"}')), 0.0)
 
 
-def test_fingerprint_mismatch_refuses_the_replica(cluster, caplog):
+def test_fingerprint_mismatch_refuses_the_replica(transport, cluster, caplog):
     caplog.set_level(logging.ERROR, logger="eaas.gateway.remote_backend")
-    backend = RemoteExpertBackend([(LOW, [cluster[0].address]), (HIGH, [cluster[2].address])],
+    backend = _backend(transport, [(LOW, [cluster[0].address]), (HIGH, [cluster[2].address])],
                                   fingerprint="0123456789abcdef")
     try:
         assert set(backend.replica_states().values()) == {"refused"}
@@ -122,9 +137,9 @@ def test_fingerprint_mismatch_refuses_the_replica(cluster, caplog):
         backend.close()
 
 
-def test_replica_death_changes_no_result_and_replica_is_readmitted(own_servers, local, fingerprint):
+def test_replica_death_changes_no_result_and_replica_is_readmitted(transport, own_servers, local, fingerprint):
     a0, a1, b0 = own_servers("0-3", "0-3", "4-7")
-    backend = RemoteExpertBackend([(LOW, [a0.address, a1.address]), (HIGH, [b0.address])],
+    backend = _backend(transport, [(LOW, [a0.address, a1.address]), (HIGH, [b0.address])],
                                   fingerprint=fingerprint, rpc_timeout_s=5, probe_interval_s=0.2)
     try:
         batches = [(seed % 3, *_batch(seed)) for seed in range(12)]
@@ -155,9 +170,9 @@ def test_replica_death_changes_no_result_and_replica_is_readmitted(own_servers, 
             s.close()
 
 
-def test_no_replica_left_raises_unavailable_naming_the_experts(own_servers, local, fingerprint):
+def test_no_replica_left_raises_unavailable_naming_the_experts(transport, own_servers, local, fingerprint):
     a0, b0 = own_servers("0-3", "4-7")
-    backend = RemoteExpertBackend([(LOW, [a0.address]), (HIGH, [b0.address])], fingerprint=fingerprint,
+    backend = _backend(transport, [(LOW, [a0.address]), (HIGH, [b0.address])], fingerprint=fingerprint,
                                   rpc_timeout_s=5, call_timeout_s=10)
     try:
         b0.kill()

@@ -103,3 +103,35 @@ async def test_a_full_queue_answers_grpc_resource_exhausted(one_at_a_time, refer
 
 async def _tokens(call) -> list[int]:
     return [t async for r in call for t in r.token_ids]
+
+
+async def test_simultaneous_arrivals_cannot_overfill_the_queue(tiny_model_dir):
+    """Arrivals that all await their MemPool lookup at once are still counted one by one."""
+    from eaas.gateway.engine_service import QueueFull
+    from eaas.mempool import SyncKVPool
+    from eaas.model.checkpoint import Checkpoint
+
+    pool = SyncKVPool.from_url(None, fingerprint=Checkpoint(tiny_model_dir).fingerprint(), block_size=4)
+    svc = EngineService(monolithic_engine(tiny_model_dir, limits=ScheduleLimits(max_num_seqs=1)), None, pool,
+                        max_queued_requests=2)
+    svc.start()
+    streams = [svc.generate([i + 1, 2, 3], SamplingParams(max_tokens=1500, ignore_eos=True)) for i in range(20)]
+    firsts = [asyncio.create_task(s.__anext__()) for s in streams]
+    try:
+        def refusals() -> int:
+            return sum(1 for t in firsts if t.done() and isinstance(t.exception(), QueueFull))
+
+        # one runs and two wait, or two wait if they all came before the engine took the first: nothing else
+        # may get in while none of them can finish
+        assert await wait_until(lambda: refusals() >= 17)
+        await asyncio.sleep(0.2)
+        assert refusals() in (17, 18) and svc.queued <= 2
+    finally:
+        for t in firsts:
+            t.cancel()
+        await asyncio.gather(*firsts, return_exceptions=True)
+        for s in streams:
+            await s.aclose()
+        assert await wait_until(lambda: svc.busy == 0)
+        svc.stop()
+        pool.close()

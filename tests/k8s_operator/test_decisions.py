@@ -27,7 +27,8 @@ def test_builders_use_group_replicas():
     manifests = desired_manifests(spec, {"g0": 3, "g1": 9}, ClusterFeatures())
     replicas = {m["metadata"]["name"]: m["spec"]["replicas"] for m in manifests
                 if m["kind"] == "Deployment" and "experts" in m["metadata"]["name"]}
-    assert replicas == {f"mix-experts-{g}": n for g, n in group_replicas(spec, {"g0": 3, "g1": 9}).items()}
+    counts = group_replicas(spec, {"g0": 3, "g1": 9})
+    assert replicas == {f"mix-experts-e{g.experts[0]}-{g.experts[-1]}": counts[g.name] for g in spec.groups}
 
 
 def test_refresh_is_due_once_per_interval():

@@ -9,6 +9,7 @@ file order; each one first sets the spec it needs.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import subprocess
@@ -230,15 +231,32 @@ def test_spec_the_schema_cannot_judge_is_reported_degraded_and_builds_nothing(ap
     api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "inverted")
 
 
+def test_moedeployment_without_redis_is_reconciled(api, operator):
+    """No memPool at all: status must still be written (1.20 refused redisUrl "" as null, so it never was)."""
+    body = moedeployment()
+    body["metadata"]["name"] = "plain"
+    del body["spec"]["memPool"]
+    body["spec"]["autoscaling"] = {"enabled": False}
+    created = api["custom"].create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
+
+    def reconciled():
+        cr = api["custom"].get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "plain")
+        return cr.get("status", {}).get("observedGeneration") == created["metadata"]["generation"] and cr
+    cr = wait_for(reconciled, "'plain' reconciled", operator)
+    assert "redisUrl" not in cr["status"]
+    assert "--redis" not in command_of(api, "plain-gateway")
+    api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "plain")
+
+
 def test_moedeployment_becomes_owned_children(control_plane, api, operator):
     cr = apply_spec(api, operator, moedeployment(experts_per_replica=4))
     uid = cr["metadata"]["uid"]
     redis_url = f"redis://{NAME}-redis.{NAMESPACE}.svc:6379/0"
     expected = {
         ("v1", "ConfigMap"): {"mix-topology"},
-        ("apps/v1", "Deployment"): {"mix-gateway", "mix-experts-g0", "mix-experts-g1", "mix-redis"},
-        ("v1", "Service"): {"mix-gateway", "mix-experts-g0", "mix-experts-g1", "mix-redis"},
-        ("policy/v1beta1", "PodDisruptionBudget"): {"mix-gateway", "mix-experts-g0", "mix-experts-g1"},
+        ("apps/v1", "Deployment"): {"mix-gateway", "mix-experts-e0-3", "mix-experts-e4-7", "mix-redis"},
+        ("v1", "Service"): {"mix-gateway", "mix-experts-e0-3", "mix-experts-e4-7", "mix-redis"},
+        ("policy/v1beta1", "PodDisruptionBudget"): {"mix-gateway", "mix-experts-e0-3", "mix-experts-e4-7"},
         ("v1", "ServiceAccount"): {"mix-gateway"},
         ("rbac.authorization.k8s.io/v1", "Role"): {"mix-gateway"},
         ("rbac.authorization.k8s.io/v1", "RoleBinding"): {"mix-gateway"},
@@ -249,7 +267,7 @@ def test_moedeployment_becomes_owned_children(control_plane, api, operator):
         for obj in objects.values():
             (ref,) = obj["metadata"]["ownerReferences"]
             assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("MoEDeployment", NAME, uid, True)
-    assert command_of(api, "mix-experts-g1") == [
+    assert command_of(api, "mix-experts-e4-7") == [
         "eaas", "expert-server", "--model", "hf://eaas/tiny-moe", "--experts", "4-7", "--host", "0.0.0.0",
         "--port", "50051", "--metrics-port", "9090", "--deployment", NAME, "--group", "g1", "--advertise", "$(POD_IP):50051", "--redis", redis_url]
     assert command_of(api, "mix-gateway") == [
@@ -257,13 +275,13 @@ def test_moedeployment_becomes_owned_children(control_plane, api, operator):
         "--watch-endpoints", "--grpc-port", "50050", "--http-port", "8000", "--deployment", NAME, "--redis", redis_url]
     topology = json.loads(api["core"].read_namespaced_config_map("mix-topology", NAMESPACE).data["topology.json"])
     assert [(g["name"], g["experts"], g["service"]) for g in topology["groups"]] == [
-        ("g0", [0, 1, 2, 3], "mix-experts-g0"), ("g1", [4, 5, 6, 7], "mix-experts-g1")]
-    assert api["core"].read_namespaced_service("mix-experts-g0", NAMESPACE).spec.cluster_ip == "None"
-    container = deployment(api, "mix-experts-g0").spec.template.spec.containers[0]
+        ("g0", [0, 1, 2, 3], "mix-experts-e0-3"), ("g1", [4, 5, 6, 7], "mix-experts-e4-7")]
+    assert api["core"].read_namespaced_service("mix-experts-e0-3", NAMESPACE).spec.cluster_ip == "None"
+    container = deployment(api, "mix-experts-e0-3").spec.template.spec.containers[0]
     assert container.security_context.read_only_root_filesystem is True
     assert container.readiness_probe.tcp_socket.port == 50051  # no grpc probes below Kubernetes 1.24
     pods = wait_for(lambda: api["core"].list_namespaced_pod(
-        NAMESPACE, label_selector="app.kubernetes.io/instance=mix,eaas.dev/group=g0").items, "expert Pods")
+        NAMESPACE, label_selector="app.kubernetes.io/instance=mix,eaas.dev/group=e0-3").items, "expert Pods")
     assert {p.status.phase for p in pods} == {"Pending"}
     conditions = {c["type"]: c for c in cr["status"]["conditions"]}
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "ReplicasNotReady")
@@ -273,24 +291,67 @@ def test_moedeployment_becomes_owned_children(control_plane, api, operator):
                          for e in events_of(api)), "a Reconciled Event", operator)
 
 
-def test_experts_per_replica_change_reshapes_groups(api, operator):
+def mark_pods_ready(api, selector: str) -> int:
+    """No kubelet here: report this selector's pods Running and Ready as a kubelet would."""
+    marked = 0
+    for pod in api["core"].list_namespaced_pod(NAMESPACE, label_selector=selector).items:
+        if pod.metadata.deletion_timestamp:
+            continue
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            api["core"].patch_namespaced_pod_status(pod.metadata.name, NAMESPACE, {"status": {
+                "phase": "Running", "conditions": [{"type": t, "status": "True", "lastTransitionTime": now} for t in
+                                                   ("PodScheduled", "Initialized", "ContainersReady", "Ready")]}})
+        except ApiException as exc:
+            if exc.status != 404:  # an old ReplicaSet's pod may be deleted between the list and the patch
+                raise
+            continue
+        marked += 1
+    return marked
+
+
+def expert_deployments(api) -> set[str]:
+    return {n for n in owned(api, "Deployment", "apps/v1") if n.startswith("mix-experts-")}
+
+
+def reshape(api, operator, experts_per_replica: int, new: set[str], old: set[str]) -> None:
+    """Change expertsPerReplica; the old groups must stay until the new ones are ready and the gateway moved."""
+    cr = apply_spec(api, operator, moedeployment(experts_per_replica=experts_per_replica))
+    assert expert_deployments(api) == new | old
+    progressing = next(c for c in cr["status"]["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "ReshapingGroups" and "keeping" in progressing["message"], progressing
+    # the old layout keeps serving while nothing of the new one is ready: it must still be there later
+    start = time.monotonic()
+    wait_for(lambda: time.monotonic() - start > 4, "at least one more reconcile (it retries every 3 s)")
+    assert expert_deployments(api) == new | old
+    for name in new:
+        wait_for(lambda: mark_pods_ready(api, f"eaas.dev/group={name[len('mix-experts-'):]},"
+                                              f"app.kubernetes.io/instance={NAME}"), f"pods of {name}")
+
+    def gateway_moved():
+        mark_pods_ready(api, f"app.kubernetes.io/component=gateway,app.kubernetes.io/instance={NAME}")
+        return expert_deployments(api) == new
+    wait_for(gateway_moved, f"old groups {sorted(old)} deleted after the gateway moved", operator, timeout=90)
+
+
+def test_experts_per_replica_change_keeps_the_old_groups_until_the_gateway_moved(api, operator):
     apply_spec(api, operator, moedeployment(experts_per_replica=4))
     gateway_hash = deployment(api, "mix-gateway").spec.template.metadata.annotations["eaas.dev/topology-hash"]
-    apply_spec(api, operator, moedeployment(experts_per_replica=3))
-    assert set(owned(api, "Deployment", "apps/v1")) == {"mix-gateway", "mix-redis", "mix-experts-g0",
-                                                        "mix-experts-g1", "mix-experts-g2"}
-    assert [command_of(api, f"mix-experts-g{i}")[5] for i in range(3)] == ["0-2", "3-5", "6-7"]
+    reshape(api, operator, 3, new={"mix-experts-e0-2", "mix-experts-e3-5", "mix-experts-e6-7"},
+            old={"mix-experts-e0-3", "mix-experts-e4-7"})
+    assert [command_of(api, f"mix-experts-{r}")[5] for r in ("e0-2", "e3-5", "e6-7")] == ["0-2", "3-5", "6-7"]
     assert deployment(api, "mix-gateway").spec.template.metadata.annotations["eaas.dev/topology-hash"] != gateway_hash
-    apply_spec(api, operator, moedeployment(experts_per_replica=8))
+    reshape(api, operator, 8, new={"mix-experts-e0-7"},
+            old={"mix-experts-e0-2", "mix-experts-e3-5", "mix-experts-e6-7"})
     for kind, api_version in (("Deployment", "apps/v1"), ("Service", "v1"),
-                              ("PodDisruptionBudget", "policy/v1beta1")):
-        names = set(owned(api, kind, api_version))
-        assert names & {"mix-experts-g1", "mix-experts-g2"} == set(), kind
-        assert "mix-experts-g0" in names
-    assert command_of(api, "mix-experts-g0")[5] == "0-7"
+                              ("PodDisruptionBudget", "policy/v1beta1")):  # one prune deletes kind by kind
+        wait_for(lambda: {n for n in owned(api, kind, api_version) if "experts" in n} == {"mix-experts-e0-7"},
+                 f"only the new group's {kind}", operator)
+    assert command_of(api, "mix-experts-e0-7")[5] == "0-7"
     topology = json.loads(api["core"].read_namespaced_config_map("mix-topology", NAMESPACE).data["topology.json"])
-    assert topology["groups"] == [{"name": "g0", "experts": list(range(8)), "service": "mix-experts-g0",
+    assert topology["groups"] == [{"name": "g0", "experts": list(range(8)), "service": "mix-experts-e0-7",
                                    "port": 50051}]
+    reshape(api, operator, 4, new={"mix-experts-e0-3", "mix-experts-e4-7"}, old={"mix-experts-e0-7"})
 
 
 def write_load(client: redis.Redis, per_expert_tokens: dict[int, int]) -> None:
@@ -304,8 +365,11 @@ def write_load(client: redis.Redis, per_expert_tokens: dict[int, int]) -> None:
         client.expire(key, 3600)
 
 
+GROUP_OBJECTS = {"g0": "mix-experts-e0-3", "g1": "mix-experts-e4-7"}
+
+
 def replicas(api, group: str) -> int:
-    return deployment(api, f"mix-experts-{group}").spec.replicas
+    return deployment(api, GROUP_OBJECTS[group]).spec.replicas
 
 
 def test_autoscaler_scales_hot_group_up_and_cold_group_down(api, operator, redis_server_session):
@@ -327,7 +391,7 @@ def test_autoscaler_scales_hot_group_up_and_cold_group_down(api, operator, redis
     # The last recommendation of 2 came at most one interval (1 s) before the load dropped.
     assert time.monotonic() - cooled >= SCALE_DOWN_WINDOW - 1
     assert replicas(api, "g0") == 4
-    wait_for(lambda: {"mix-experts-g0: 1 -> 4", "mix-experts-g1: 2 -> 1"} <= {
+    wait_for(lambda: {"mix-experts-e0-3: 1 -> 4", "mix-experts-e4-7: 2 -> 1"} <= {
         e.message.partition(" replicas")[0] for e in events_of(api) if e.reason == "Scaled"}, "Scaled Events", operator)
 
 
@@ -344,11 +408,11 @@ def test_operator_restarted_after_a_crash_catches_up_with_the_cluster(api, opera
         operator.proc.wait(15)
 
     crash()
-    api["apps"].delete_namespaced_deployment("mix-experts-g1", NAMESPACE)
-    wait_for(lambda: deployment(api, "mix-experts-g1") is None, "mix-experts-g1 deleted")
+    api["apps"].delete_namespaced_deployment("mix-experts-e4-7", NAMESPACE)
+    wait_for(lambda: deployment(api, "mix-experts-e4-7") is None, "mix-experts-e4-7 deleted")
     operator.start()
-    wait_for(lambda: deployment(api, "mix-experts-g1") is not None, "mix-experts-g1 re-created on resume", operator)
-    assert command_of(api, "mix-experts-g1")[5] == "4-7"
+    wait_for(lambda: deployment(api, "mix-experts-e4-7") is not None, "mix-experts-e4-7 re-created on resume", operator)
+    assert command_of(api, "mix-experts-e4-7")[5] == "4-7"
     assert (deployment(api, "mix-gateway").spec.replicas, replicas(api, "g0"), replicas(api, "g1")) == (2, 4, 1)
 
     crash()
@@ -368,6 +432,10 @@ def test_delete_garbage_collects_children_and_redis_keys(api, operator, redis_se
     client.set(f"eaas:{NAME}:kv:fp:abc", b"block")
     client.set("eaas:other:load:10", "kept")
     assert not read_cr(api)["metadata"].get("finalizers")  # nothing waits for an operator on deletion
+    # an object from an older operator version carries its finalizer: this one removes it
+    api["custom"].patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME,
+                                                 {"metadata": {"finalizers": ["eaas.dev/cleanup"]}})
+    wait_for(lambda: not read_cr(api)["metadata"].get("finalizers"), "the old finalizer removed", operator)
     api["custom"].delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
     wait_for(lambda: read_cr(api) is None, "the MoEDeployment gone", operator)
     wait_for(lambda: client.keys(f"eaas:{NAME}:*") == [], "the operator unlinked its Redis keys", operator)
@@ -417,7 +485,7 @@ def test_delete_after_helm_uninstall_never_hangs(control_plane, api, operator):
     """The operator is gone (helm uninstall; the CRD in crds/ stays): deleting a MoEDeployment still removes
     it at once and the garbage collector removes every child."""
     apply_spec(api, operator, moedeployment(experts_per_replica=4))
-    assert deployment(api, "mix-experts-g0") is not None
+    assert deployment(api, "mix-experts-e0-3") is not None
     operator.proc.terminate()
     operator.proc.wait(30)
     done = subprocess.run([str(HELM), "uninstall", "eaas", "--namespace", NAMESPACE,

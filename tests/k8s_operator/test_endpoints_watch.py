@@ -121,3 +121,38 @@ def test_gateway_account_may_not_read_anything_else(kube, gateway_kubeconfig):
         assert denied.value.status == 403
     finally:
         client.close()
+
+
+def test_gateway_takes_its_table_from_the_watch_and_wakes_at_once(kube, gateway_kubeconfig, tmp_path):
+    """The gateway's own wiring (`--watch-endpoints`): its groups come from the watched Endpoints (the Redis
+    registry and DNS are not asked), and a change ends its wait for the next table swap before the poll."""
+    from eaas.gateway.server import Gateway, GatewayOptions
+    from eaas.model.tiny import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "tiny", "mixtral", seed=1, experts=4)
+    (tmp_path / "topology.json").write_text(__import__("json").dumps({"deployment": "mix", **TOPOLOGY}))
+    core = kubernetes.client.CoreV1Api(kube)
+
+    async def scenario() -> float:
+        gateway = Gateway(GatewayOptions(model=str(model), topology=str(tmp_path / "topology.json"),
+                                         watch_endpoints=True, namespace=NAMESPACE,
+                                         kubeconfig=str(gateway_kubeconfig), refresh_s=30.0))
+        watch = asyncio.create_task(gateway.endpoints.run())
+        try:
+            await asyncio.wait_for(gateway.endpoints.synced.wait(), 30)
+            await gateway._next_change()  # consume the initial listing
+            waiting = asyncio.create_task(gateway._next_change())
+            start = time.perf_counter()
+            await asyncio.to_thread(core.create_namespaced_endpoints, NAMESPACE,
+                                    endpoints_body("mix-experts-g1", ["10.1.0.8"]))
+            await asyncio.wait_for(waiting, 10)  # far sooner than refresh_s
+            woke = time.perf_counter() - start
+            groups = await gateway.current_groups()
+            assert [g.addresses for g in groups][1] == ("10.1.0.8:50051",)
+            await asyncio.to_thread(core.delete_namespaced_endpoints, "mix-experts-g1", NAMESPACE)
+        finally:
+            watch.cancel()
+        return woke
+
+    woke = asyncio.run(scenario())
+    print(f"gateway table swap woken {woke * 1000:.0f} ms after the start of the API write")

@@ -40,18 +40,19 @@ def test_groups_cover_all_experts_with_exact_expert_server_commands():
     manifests = desired_manifests(moe, {}, NEW)
     expected = {"g0": "0-2", "g1": "3-5", "g2": "6-7"}
     for group, ids in expected.items():
-        deployment = by_name(manifests, "Deployment", f"mix-experts-{group}")
+        label = "e" + ids  # objects are named by their expert range: a re-shaped layout never reuses a name
+        deployment = by_name(manifests, "Deployment", f"mix-experts-{label}")
         assert deployment["spec"]["template"]["spec"]["containers"][0]["command"] == [
             "eaas", "expert-server", "--model", "/models/tiny", "--experts", ids, "--host", "0.0.0.0",
             "--port", "50051", "--metrics-port", "9090", "--deployment", "mix", "--group", group,
             "--advertise", "$(POD_IP):50051", "--redis", "redis://redis.infra:6379/0"]
         env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-        service = by_name(manifests, "Service", f"mix-experts-{group}")
+        service = by_name(manifests, "Service", f"mix-experts-{label}")
         assert service["spec"]["clusterIP"] == "None"
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert sorted(m["metadata"]["name"] for m in manifests if m["kind"] == "Deployment") == [
-        "mix-experts-g0", "mix-experts-g1", "mix-experts-g2", "mix-gateway"]
+        "mix-experts-e0-2", "mix-experts-e3-5", "mix-experts-e6-7", "mix-gateway"]
 
 
 def test_gateway_command_mounts_topology_and_rolls_when_groups_change():
@@ -75,8 +76,8 @@ def test_topology_json_in_configmap_matches_documented_format():
     configmap = by_name(desired_manifests(moe, {}, NEW), "ConfigMap", "mix-topology")
     assert json.loads(configmap["data"]["topology.json"]) == topology_document(moe) == {
         "deployment": "mix", "numExperts": 8, "numLayers": 4, "expertsPerReplica": 5,
-        "groups": [{"name": "g0", "experts": [0, 1, 2, 3, 4], "service": "mix-experts-g0", "port": 50051},
-                   {"name": "g1", "experts": [5, 6, 7], "service": "mix-experts-g1", "port": 50051}]}
+        "groups": [{"name": "g0", "experts": [0, 1, 2, 3, 4], "service": "mix-experts-e0-4", "port": 50051},
+                   {"name": "g1", "experts": [5, 6, 7], "service": "mix-experts-e5-7", "port": 50051}]}
 
 
 def test_managed_redis_gets_deployment_service_and_in_cluster_url():
@@ -85,7 +86,7 @@ def test_managed_redis_gets_deployment_service_and_in_cluster_url():
     assert by_name(manifests, "Service", "mix-redis")["spec"]["ports"][0]["port"] == 6379
     redis_pod = by_name(manifests, "Deployment", "mix-redis")["spec"]["template"]["spec"]
     assert redis_pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
-    command = by_name(manifests, "Deployment", "mix-experts-g0")["spec"]["template"]["spec"]["containers"][0]["command"]
+    command = by_name(manifests, "Deployment", "mix-experts-e0-2")["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[-2:] == ["--redis", "redis://mix-redis.team.svc:6379/0"]
 
 
@@ -99,7 +100,7 @@ def test_no_redis_means_no_redis_flag():
 def test_pvc_model_is_mounted_read_only_and_passed_as_path():
     moe = parse_spec("mix", "team", spec_dict(model={"uri": "pvc://weights/mixtral/v1", "numExperts": 2,
                                                      "numLayers": 2}))
-    pod = by_name(desired_manifests(moe, {}, NEW), "Deployment", "mix-experts-g0")["spec"]["template"]["spec"]
+    pod = by_name(desired_manifests(moe, {}, NEW), "Deployment", "mix-experts-e0-1")["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"][2:4] == ["--model", "/models/weights/mixtral/v1"]
     assert {"name": "model", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}} in pod["volumes"]
@@ -124,7 +125,7 @@ def test_placement_goes_to_expert_pods():
     experts = {"expertsPerReplica": 4, "resources": {"limits": {"nvidia.com/gpu": 1}},
                "nodeSelector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]}
     moe = parse_spec("mix", "team", spec_dict(experts=experts))
-    pod = by_name(desired_manifests(moe, {}, NEW), "Deployment", "mix-experts-g1")["spec"]["template"]["spec"]
+    pod = by_name(desired_manifests(moe, {}, NEW), "Deployment", "mix-experts-e4-7")["spec"]["template"]["spec"]
     # quantities become strings: server-side apply refuses the integer the CRD allows
     assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     assert pod["nodeSelector"] == {"gpu": "h100"}
@@ -134,7 +135,8 @@ def test_placement_goes_to_expert_pods():
 def test_replicas_come_from_autoscaler_and_are_clamped():
     moe = parse_spec("mix", "team", spec_dict())
     manifests = desired_manifests(moe, {"g0": 3, "g1": 9, "g2": 0}, NEW)
-    assert [by_name(manifests, "Deployment", f"mix-experts-g{i}")["spec"]["replicas"] for i in range(3)] == [3, 4, 1]
+    assert [by_name(manifests, "Deployment", name)["spec"]["replicas"]
+            for name in ("mix-experts-e0-2", "mix-experts-e3-5", "mix-experts-e6-7")] == [3, 4, 1]
 
 
 def test_old_clusters_get_policy_v1beta1_and_no_grpc_probe():
@@ -158,13 +160,13 @@ def test_every_pod_has_probes_that_mean_serving_on_every_version(features, check
     moe = parse_spec("mix", "team", spec_dict(memPool={"managed": True}))
     manifests = desired_manifests(moe, {}, features)
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        expert = container_of(manifests, "mix-experts-g0")[probe]
+        expert = container_of(manifests, "mix-experts-e0-2")[probe]
         assert {k: v for k, v in expert.items() if k in ("grpc", "tcpSocket")} == check, probe
         # the gateway opens HTTP after gRPC: its /health answering means both ports serve
         assert container_of(manifests, "mix-gateway")[probe]["httpGet"] == {"path": "/health", "port": 8000}
         assert container_of(manifests, "mix-redis")[probe]["tcpSocket"] == {"port": 6379}
     # a slow model load is the startup probe's business, not a liveness failure
-    startup = container_of(manifests, "mix-experts-g0")["startupProbe"]
+    startup = container_of(manifests, "mix-experts-e0-2")["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
 
 
@@ -172,7 +174,7 @@ def test_omp_threads_follow_the_cpu_limit_else_request_else_one():
     def omp(resources):
         experts = {"expertsPerReplica": 4, **({"resources": resources} if resources else {})}
         moe = parse_spec("mix", "team", spec_dict(experts=experts))
-        env = {e["name"]: e for e in container_of(desired_manifests(moe, {}, NEW), "mix-experts-g0")["env"]}
+        env = {e["name"]: e for e in container_of(desired_manifests(moe, {}, NEW), "mix-experts-e0-3")["env"]}
         return env["OMP_NUM_THREADS"]
     field = lambda e: e["valueFrom"]["resourceFieldRef"]  # noqa: E731
     assert field(omp({"limits": {"cpu": "4"}, "requests": {"cpu": "2"}})) == {"resource": "limits.cpu", "divisor": "1"}
@@ -226,7 +228,7 @@ def test_python_defaults_equal_the_crd_defaults():
 
 def test_status_keeps_replicas_and_history_only_for_unchanged_groups():
     before = parse_spec("mix", "team", spec_dict(experts={"expertsPerReplica": 4, "maxReplicas": 4}))
-    states = {"mix-experts-g0": DeploymentState(3, 1, 3), "mix-experts-g1": DeploymentState(1, 0, 1)}
+    states = {"mix-experts-e0-3": DeploymentState(3, 1, 3), "mix-experts-e4-7": DeploymentState(1, 0, 1)}
     from eaas.operator.autoscale import Recommendation
     status = {"groups": groups_status(before, {"g0": 3, "g1": 1}, states, {"g0": 250.0, "g1": 0.0},
                                       {"g0": (Recommendation(5.0, 3),)}, {})}
@@ -239,8 +241,8 @@ def test_status_keeps_replicas_and_history_only_for_unchanged_groups():
 
 def test_readiness_conditions_and_printer_summaries():
     moe = parse_spec("mix", "team", spec_dict(experts={"expertsPerReplica": 4}))
-    pending = {"mix-gateway": DeploymentState(1, 0, 1), "mix-experts-g0": DeploymentState(1, 0, 1),
-               "mix-experts-g1": DeploymentState(1, 0, 1)}
+    pending = {"mix-gateway": DeploymentState(1, 0, 1), "mix-experts-e0-3": DeploymentState(1, 0, 1),
+               "mix-experts-e4-7": DeploymentState(1, 0, 1)}
     status = readiness_status(moe, pending, [], "2026-01-01T00:00:00Z")
     assert (status["readyExpertGroups"], status["gateways"]) == ("0/2", "0/1")
     conditions = {c["type"]: c for c in status["conditions"]}
@@ -266,7 +268,7 @@ def test_rollouts_surge_before_drain_and_let_in_flight_requests_finish():
 
     moe = parse_spec("mix", "team", spec_dict())
     manifests = desired_manifests(moe, {}, OLD)
-    for name in ("mix-gateway", "mix-experts-g0"):
+    for name in ("mix-gateway", "mix-experts-e0-2"):
         deployment = by_name(manifests, "Deployment", name)
         assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
         pod = deployment["spec"]["template"]["spec"]
@@ -293,6 +295,15 @@ def test_gateway_may_watch_endpoints_and_nothing_else_may_use_the_api():
     assert by_name(manifests, "ServiceAccount", "mix-gateway")
     gateway = by_name(manifests, "Deployment", "mix-gateway")["spec"]["template"]["spec"]
     assert gateway["serviceAccountName"] == "mix-gateway"
-    for name in ("mix-experts-g0", "mix-redis"):
+    for name in ("mix-experts-e0-2", "mix-redis"):
         pod = by_name(manifests, "Deployment", name)["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+
+
+def test_progressing_says_why_old_groups_are_kept_while_reshaping():
+    moe = parse_spec("mix", "team", spec_dict(experts={"expertsPerReplica": 4}))
+    ready = {n: DeploymentState(1, 1, 1) for n in ("mix-gateway", "mix-experts-e0-3", "mix-experts-e4-7")}
+    status = readiness_status(moe, ready, [], "t", reshaping="gateways still moving; keeping mix-experts-e0-7")
+    (progressing,) = [c for c in status["conditions"] if c["type"] == "Progressing"]
+    assert (progressing["status"], progressing["reason"]) == ("True", "ReshapingGroups")
+    assert "keeping mix-experts-e0-7" in progressing["message"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import torch
 
 from eaas.mempool.keys import complete_load_buckets, load_bucket
 from eaas.mempool.load_stats import LoadRecorder, expert_load_tokens_per_s
@@ -107,17 +106,3 @@ def test_pending_windows_are_bounded_while_redis_stays_down(redis_backend):
     bucket = load_bucket(now)
     assert pending == [bucket - 20, bucket - 10, bucket]
     assert dropped == 10 + 11
-
-
-def test_router_expert_ids_are_counted_per_expert(backend):
-    top_k_index = torch.tensor([[0, 3], [3, 5], [5, 3], [-1, 0]])  # 4 tokens, top-2; -1 = dropped
-
-    async def run():
-        recorder = LoadRecorder.from_url(backend.url, deployment=backend.deployment)
-        recorder.add_expert_ids(top_k_index, now=1_790_000_001)
-        recorder.add_expert_ids(torch.tensor([7]), now=1_790_000_002)
-        pending = recorder.pending
-        await recorder.store.close()
-        return pending
-
-    assert asyncio.run(run()) == {1_790_000_000: {0: 2, 3: 3, 5: 2, 7: 1}}

@@ -56,6 +56,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, create, patch, delete]
+# A re-shaped layout's old groups go only after the old gateway pods have drained (list pods).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # The gateways' API access: a ServiceAccount, and a Role + RoleBinding that let it watch Endpoints.
 - apiGroups: [""]
   resources: [serviceaccounts]
