@@ -45,11 +45,14 @@ def pods():
 def test_expert_servers_take_grpc_only_from_their_own_gateways(pods):
     moe, mine, theirs = pods
     policies = network_policy_manifests(moe)
-    for expert in ("mix-experts-g0", "mix-experts-g1"):
+    experts = [name for name in mine if "-experts-" in name]
+    assert len(experts) == 2
+    for expert in experts:
         assert admitted(policies, mine[expert], mine["mix-gateway"], EXPERT_GRPC_PORT)
         assert not admitted(policies, mine[expert], theirs["other-gateway"], EXPERT_GRPC_PORT)  # another deployment
         assert not admitted(policies, mine[expert], {"app": "curious-pod"}, EXPERT_GRPC_PORT)
-        assert not admitted(policies, mine[expert], mine["mix-experts-g1"], EXPERT_GRPC_PORT)
+        sibling = next(e for e in experts if e != expert)
+        assert not admitted(policies, mine[expert], mine[sibling], EXPERT_GRPC_PORT)
         assert admitted(policies, mine[expert], {"app": "prometheus"}, EXPERT_METRICS_PORT)
 
 
@@ -57,9 +60,10 @@ def test_metrics_can_be_limited_and_redis_takes_only_the_deployments_pods(pods):
     moe, mine, theirs = pods
     prometheus = {"podSelector": {"matchLabels": {"app": "prometheus"}}}
     policies = network_policy_manifests(moe, metrics_from=[prometheus])
-    assert not admitted(policies, mine["mix-experts-g0"], {"app": "curious-pod"}, EXPERT_METRICS_PORT)
-    assert admitted(policies, mine["mix-experts-g0"], {"app": "prometheus"}, EXPERT_METRICS_PORT)
-    for own in ("mix-gateway", "mix-experts-g0"):
+    expert = next(name for name in mine if "-experts-" in name)
+    assert not admitted(policies, mine[expert], {"app": "curious-pod"}, EXPERT_METRICS_PORT)
+    assert admitted(policies, mine[expert], {"app": "prometheus"}, EXPERT_METRICS_PORT)
+    for own in ("mix-gateway", expert):
         assert admitted(policies, mine["mix-redis"], mine[own], REDIS_PORT)
     assert not admitted(policies, mine["mix-redis"], theirs["other-gateway"], REDIS_PORT)
     assert not admitted(policies, mine["mix-redis"], {"app": "curious-pod"}, REDIS_PORT)
