@@ -67,12 +67,17 @@ def decode_combine(req: expert_pb2.CombineRequest, served: ServedExperts) -> Com
         raise WireError(f"expert_ids: shape {list(ids.shape)} is not [{tokens}, k] with 1 <= k <= {MAX_TOP_K}")
     if weights.shape != ids.shape:
         raise WireError(f"weights: shape {list(weights.shape)} differs from expert_ids {list(ids.shape)}")
+    check_routing(ids, weights, served)
+    return CombineJob(req.layer, hidden, ids, weights)
+
+
+def check_routing(ids: torch.Tensor, weights: torch.Tensor, served: ServedExperts) -> None:
+    """Raise WireError unless the weights are finite and every id is -1 or held here (both transports)."""
     if not bool(torch.isfinite(weights).all()):  # routing weights are probabilities (found by fuzzing: NaN passed)
         raise WireError("weights: NaN or infinite routing weights")
     problem = accepted_ids(ids, served)
     if problem:
         raise WireError(problem)
-    return CombineJob(req.layer, hidden, ids, weights)
 
 
 def accepted_ids(ids: torch.Tensor, served: ServedExperts) -> str | None:

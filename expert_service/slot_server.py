@@ -18,7 +18,7 @@ import uuid
 
 import grpc
 
-from eaas.expert_service.combine_request import MAX_TOP_K, CombineJob, ServedExperts, accepted_ids
+from eaas.expert_service.combine_request import MAX_TOP_K, CombineJob, ServedExperts, check_routing
 from eaas.logs import log_event
 from eaas.rpc.slot_wire import (HELLO, HELLO_ANSWER, MAGIC, REPLY, REQUEST, SlotRequest, itemsize, request_tensors,
                                 response_view, socket_address)
@@ -115,7 +115,7 @@ class SlotServer:
         try:
             check_request(req, svc.served, slots, slot_bytes)
             hidden, ids, weights = request_tensors(memory, req, slot_bytes)
-            check_expert_ids(ids, svc.served)
+            check_routing(ids, weights, svc.served)
         except WireError as exc:
             svc.metrics.requests.labels("INVALID_ARGUMENT").inc()
             log_event(log, "bad_request", logging.WARNING, transport="shm", error=exc)
@@ -164,11 +164,6 @@ def check_request(req: SlotRequest, served: ServedExperts, slots: int, slot_byte
     if need > slot_bytes:
         raise WireError(f"request of {need} bytes exceeds the slot's {slot_bytes} bytes")
 
-
-def check_expert_ids(ids: torch.Tensor, served: ServedExperts) -> None:
-    problem = accepted_ids(ids, served)
-    if problem:
-        raise WireError(problem)
 
 
 def _accept_hello(conn: socket.socket):

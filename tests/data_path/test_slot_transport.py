@@ -12,7 +12,7 @@ import torch
 from eaas.protos import expert_pb2
 from eaas.rpc.slot_transport import SlotTransport, TransportError
 from eaas.rpc.transport import GrpcTransport
-from eaas.rpc.wire import decode_tensor, encode_tensor
+from eaas.rpc.wire import FLOAT_DTYPES, decode_tensor, encode_tensor
 from expert_cluster import ExpertServer, start_servers, tiny_mixtral
 
 
@@ -106,10 +106,15 @@ def test_a_bad_request_gets_the_same_error_on_both_transports(servers):
     slots, plain = SlotTransport(required=True), GrpcTransport()
     try:
         slots.info(server.address, 10)
-        for layer, ids, problem in [(7, [[0, 1]], "layer 7 is not served here"),
-                                    (1, [[0, 6]], "experts 6 are not held by this server")]:
+        for layer, ids, weights, problem in [
+                (7, [[0, 1]], None, "layer 7 is not served here"),
+                (1, [[0, 6]], None, "experts 6 are not held by this server"),
+                (1, [[0, 1]], [[float("nan"), 0.5]], "NaN or infinite routing weights")]:
             request, _ = _request(0, layer=layer, tokens=1)
             request.expert_ids.CopyFrom(encode_tensor(torch.tensor(ids, dtype=torch.int32)))
+            if weights is not None:
+                dtype = decode_tensor(request.weights, "weights", FLOAT_DTYPES).dtype
+                request.weights.CopyFrom(encode_tensor(torch.tensor(weights, dtype=dtype)))
             errors = []
             for transport in (slots, plain):
                 with pytest.raises(grpc.RpcError) as err:
