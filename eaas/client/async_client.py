@@ -7,23 +7,12 @@ from typing import AsyncIterator
 
 import grpc
 
-from eaas.client.common import (Chunk, Completion, ResumableStream, auth_metadata, build_request,
-                               normalize_addresses)
-from eaas.protos import gateway_pb2, gateway_pb2_grpc
+from eaas.client.common import Chunk, Completion, GatewayClientBase, ResumableStream, build_request
+from eaas.protos import gateway_pb2
 
 
-class AsyncClient:
-    def __init__(self, addresses, timeout: float = 60.0, retries: int = 4, backoff_s: float = 0.2,
-                 api_key: str | None = None):
-        """api_key: sent as `authorization: Bearer <key>` metadata; default $EAAS_API_KEY."""
-        self.addresses = normalize_addresses(addresses)
-        self._metadata = auth_metadata(api_key)
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self._channels = {a: grpc.aio.insecure_channel(a) for a in self.addresses}
-        self._stubs = {a: gateway_pb2_grpc.GatewayStub(c) for a, c in self._channels.items()}
-        self._next = 0
+class AsyncClient(GatewayClientBase):
+    _open_channel = staticmethod(grpc.aio.insecure_channel)
 
     async def generate_stream(self, **kwargs) -> AsyncIterator[Chunk]:
         stream = ResumableStream(build_request(**kwargs), self.addresses, self._next, self.timeout, self.retries,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from eaas.auth import API_KEY_ENV, bearer
-from eaas.protos import gateway_pb2
+from eaas.protos import gateway_pb2, gateway_pb2_grpc
 
 # UNAVAILABLE: the gateway is gone or has no replica for an expert; a stream cut by a dying gateway
 # may also surface as UNKNOWN/INTERNAL ("RST_STREAM", "Socket closed") — all worth another gateway.
@@ -126,3 +126,23 @@ def normalize_addresses(addresses) -> list[str]:
     if not addrs:
         raise ValueError("at least one gateway address is needed")
     return addrs
+
+
+class GatewayClientBase:
+    """What SyncClient and AsyncClient share: addresses, settings, auth metadata, one channel per gateway."""
+
+    def __init__(self, addresses, timeout: float = 60.0, retries: int = 4, backoff_s: float = 0.2,
+                 api_key: str | None = None):
+        """api_key: sent as `authorization: Bearer <key>` metadata; default $EAAS_API_KEY."""
+        self.addresses = normalize_addresses(addresses)
+        self._metadata = auth_metadata(api_key)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._channels = {a: self._open_channel(a) for a in self.addresses}
+        self._stubs = {a: gateway_pb2_grpc.GatewayStub(c) for a, c in self._channels.items()}
+        self._next = 0
+
+    @staticmethod
+    def _open_channel(address: str):
+        raise NotImplementedError

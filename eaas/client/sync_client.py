@@ -7,25 +7,14 @@ from typing import Iterator
 
 import grpc
 
-from eaas.client.common import (Chunk, Completion, ResumableStream, auth_metadata, build_request,
-                               normalize_addresses)
-from eaas.protos import gateway_pb2, gateway_pb2_grpc
+from eaas.client.common import Chunk, Completion, GatewayClientBase, ResumableStream, build_request
+from eaas.protos import gateway_pb2
 
 
-class SyncClient:
+class SyncClient(GatewayClientBase):
     """SyncClient(["host:50050", "host2:50050"], timeout=60).generate(prompt_ids=[1, 2], max_tokens=8)."""
 
-    def __init__(self, addresses, timeout: float = 60.0, retries: int = 4, backoff_s: float = 0.2,
-                 api_key: str | None = None):
-        """api_key: sent as `authorization: Bearer <key>` metadata; default $EAAS_API_KEY."""
-        self.addresses = normalize_addresses(addresses)
-        self._metadata = auth_metadata(api_key)
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self._channels = {a: grpc.insecure_channel(a) for a in self.addresses}
-        self._stubs = {a: gateway_pb2_grpc.GatewayStub(c) for a, c in self._channels.items()}
-        self._next = 0
+    _open_channel = staticmethod(grpc.insecure_channel)
 
     def generate_stream(self, **kwargs) -> Iterator[Chunk]:
         """Yield chunks as they come; on a retryable failure continue on another gateway (resume)."""

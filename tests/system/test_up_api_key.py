@@ -49,4 +49,4 @@ def test_eaas_up_api_key_guards_grpc_and_http(tmp_path, up_fleet, monkeypatch):
     request.add_header("Authorization", f"Bearer {KEY}")
     assert urllib.request.urlopen(request, timeout=60).status == 200
     assert urllib.request.urlopen(f"{fleet.http}/health", timeout=10).status == 200  # probes stay open
-    assert f"--api-key" not in " ".join(fleet.gateway_process().cmdline())  # the key is not in `ps`
+    assert "--api-key" not in " ".join(fleet.gateway_process().cmdline())  # the key is not in `ps`
