@@ -203,6 +203,7 @@ def dispatch_ratio(backend: RemoteExpertBackend, ckpt: Checkpoint, transport: st
 
 
 def _dispatch_ratio(backend, ckpt, transport, iters, groups) -> tuple[float, dict]:
+    from dispatch_overhead import timed  # the same warm-up + perf_counter sampling
     from transport_roundtrip import measure_echo
 
     from eaas.model.experts import load_expert_weights
@@ -233,17 +234,6 @@ def _dispatch_ratio(backend, ckpt, transport, iters, groups) -> tuple[float, dic
     return dispatch / bare, {"bytes": nbytes, "combine_p50_ms": round(1e3 * statistics.median(combine), 3),
                              "compute_ms": round(1e3 * max(compute), 3), "dispatch_ms": round(1e3 * dispatch, 3),
                              "bare_p50_ms": round(1e3 * bare, 3)}
-
-
-def timed(fn, iters: int) -> list[float]:
-    for _ in range(20):
-        fn()
-    samples = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def fault_run(experts: ExpertFleet, engine, args, say=print) -> dict:

@@ -3,17 +3,13 @@ key, the right key — over HTTP (aiohttp) and gRPC (the SDK), against real serv
 
 from __future__ import annotations
 
-import contextlib
-
 import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from gateway_grpc import grpc_gateway
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eaas.client import AsyncClient, GenerationError
 from eaas.engine.sequence import SamplingParams
-from eaas.gateway.auth import grpc_interceptors
-from eaas.gateway.grpc_api import GatewayServicer
-from eaas.protos import gateway_pb2, gateway_pb2_grpc
 
 pytestmark = pytest.mark.asyncio
 
@@ -43,21 +39,6 @@ async def test_http_with_the_key_generates_and_probes_stay_open(serve, service, 
         assert (await resp.json())["choices"][0]["token_ids"] == expected
         for path in ("/health", "/metrics"):  # kubelet probes and Prometheus carry no key
             assert (await client.get(path)).status == 200
-
-
-@contextlib.asynccontextmanager
-async def grpc_gateway(service, key):
-    """The gateway's gRPC surface as server.py assembles it: servicer, health, API-key interceptor."""
-    server = grpc.aio.server(interceptors=grpc_interceptors(key))
-    gateway_pb2_grpc.add_GatewayServicer_to_server(
-        GatewayServicer(service, "tiny-mixtral", lambda: gateway_pb2.GatewayInfo(model_name="tiny-mixtral")), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
 
 
 @pytest.mark.parametrize("api_key", [None, "wrong", KEY + "x", KEY[:-1]])

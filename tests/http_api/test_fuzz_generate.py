@@ -5,18 +5,18 @@ and the real gRPC server answers tokens or INVALID_ARGUMENT, then still serves e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 
 import grpc
 import pytest
+from eaas.gateway.grpc_api import sampling_params
+from eaas.protos import gateway_pb2, gateway_pb2_grpc
+from gateway_grpc import grpc_gateway
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from eaas.engine.llm_engine import RequestError
 from eaas.engine.sequence import SamplingParams
-from eaas.gateway.grpc_api import GatewayServicer, sampling_params
-from eaas.protos import gateway_pb2, gateway_pb2_grpc
 
 INT32 = st.integers(-2**31, 2**31 - 1)
 FLOATS = st.floats(width=32) | st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1.0])
@@ -72,19 +72,6 @@ def test_nan_or_infinite_temperature_is_refused(service):
     for t in (math.nan, math.inf):
         with pytest.raises(ValueError, match="temperature"):
             SamplingParams(max_tokens=2, temperature=t).validate()
-
-
-@contextlib.asynccontextmanager
-async def grpc_gateway(service):
-    server = grpc.aio.server()
-    gateway_pb2_grpc.add_GatewayServicer_to_server(
-        GatewayServicer(service, "tiny", lambda: gateway_pb2.GatewayInfo(model_name="tiny")), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
 
 
 @pytest.mark.asyncio
