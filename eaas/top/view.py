@@ -162,7 +162,8 @@ def top_view(prev: Snapshot | None, cur: Snapshot | None, source: str, redis: Re
         latency_basis="over the interval" if (ttft_now or itl_now) else "since start",
         rpc_per_s=None if rpc_calls is None or interval is None else rpc_calls / interval, rpc_mean_s=rpc_mean,
         rpc_failures=cur.by_label("eaas_gateway_expert_rpc_failures_total", "reason"),
-        rpc_failures_in_interval=_delta(prev, cur, "eaas_gateway_expert_rpc_failures_total"),
+        rpc_failures_in_interval=None if interval is None else (  # no series yet: no failure yet
+            _delta(prev, cur, "eaas_gateway_expert_rpc_failures_total") or 0.0),
         mempool_hits=cur.total("eaas_mempool_hits_total"), mempool_misses=cur.total("eaas_mempool_misses_total"),
         expert_load=load, load_basis=basis, replicas=replicas,
     )
