@@ -21,7 +21,8 @@ CLEAR = "\x1b[H\x1b[2J"
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway-http", metavar="URL", action="append", default=[],
                    help="a gateway's HTTP address (http://127.0.0.1:8000; /metrics is read). Repeat for several "
-                        "gateways: their figures add up. In a cluster: kubectl port-forward svc/<name>-gateway 8000")
+                        "gateways: their figures add up (replicas: the most any of them sees). In a cluster: "
+                        "kubectl port-forward svc/<name>-gateway 8000")
     p.add_argument("--redis", metavar="URL", help="the deployment's Redis: per-expert load windows and the "
                    "replica registry (whole deployment, every gateway)")
     p.add_argument("--deployment", default="local", help="deployment name in Redis (`eaas up` uses 'local')")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from eaas.topology import parse_expert_ids
+from eaas.topology import format_expert_ids, parse_expert_ids
 from eaas.top.snapshot import Snapshot
 
 ROUTED = "eaas_gateway_tokens_routed_total"
@@ -90,10 +90,9 @@ def _replicas(cur: Snapshot | None, redis: RedisFacts | None) -> list[GroupRepli
     rows: dict[tuple[str, str], dict[str, int]] = {}
     for labels, value in (cur.samples.get(REPLICAS, []) if cur else []):
         states = rows.setdefault((labels.get("group", "?"), labels.get("experts", "")), {})
-        states[labels.get("state", "?")] = states.get(labels.get("state", "?"), 0) + int(value)
+        state = labels.get("state", "?")
+        states[state] = max(states.get(state, 0), int(value))  # several gateways see the same replicas
     if not rows and redis is not None:
-        from eaas.topology import format_expert_ids
-
         rows = {(g, format_expert_ids(e)): {"registered": n} for g, (e, n) in redis.replicas.items()}
     return [GroupReplicas(g, e, s) for (g, e), s in sorted(rows.items(), key=lambda kv: _first_expert(kv[0][1]))]
 

@@ -110,6 +110,9 @@ def test_max_experts_shows_the_busiest_first():
 def test_several_gateways_add_up_and_a_restarted_gateway_counts_from_zero():
     both = merged([AFTER, parse_metrics(exposition(50, {2: 40}), 12.5)])
     assert both.total("eaas_gateway_generated_tokens_total") == 350 and both.taken_at == 12.5
+    view = top_view(None, both, "gw1 + gw2")
+    assert view.running == 6 and view.expert_load[2] == 40  # sums, but each gateway sees the same replicas:
+    assert [r.states["ready"] for r in view.replicas] == [2, 1]
     restarted = parse_metrics(exposition(20, {0: 4}), taken_at=14.0)
     view = top_view(AFTER, restarted, "gw")
     assert view.tokens_per_s == 10.0 and view.expert_load[0] == 2.0 and view.expert_load[1] == 0.0
