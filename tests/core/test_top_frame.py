@@ -127,3 +127,13 @@ def test_metrics_url_accepts_what_eaas_up_prints():
     assert metrics_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/metrics"
     assert metrics_url("localhost:8000") == "http://localhost:8000/metrics"
     assert metrics_url("https://gw.example/metrics") == "https://gw.example/metrics"
+
+
+def test_eaas_top_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, eaas.cli, eaas.top.cli, eaas.top.sources; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
