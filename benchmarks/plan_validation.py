@@ -9,6 +9,9 @@ In one run, on this machine:
    token) and p99 inter-token latency measured per streamed token;
 3. the simulator replays the same trace on the same deployment (static 2 replicas per group, uniform
    routing) with that profile. Target: simulated within 15% of measured, both figures.
+Inter-token latency is measured twice: at the client (what a user sees; the client runs on the same
+2 cores here) and in the gateway (its eaas_gateway_inter_token_latency_seconds histogram over the
+replay, quantiles interpolated within its buckets as Prometheus does), which leaves the client out.
 
     .venv/bin/python -P benchmarks/plan_validation.py [--seconds 60] [--rate-scale 6] [--seed 1] [--tick-ms 10]
 """
@@ -25,6 +28,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plan_profile import gateway_layer_seconds, profile_model, step_sweep, up_fleet  # noqa: E402
 
 CALIBRATION = (1, 2, 4, 8, 16, 32, 64, 128)
+ITL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)  # gateway/metrics.py
+
+
+def itl_histogram(url: str) -> list[float]:
+    """The gateway's cumulative ITL bucket counts (le=each bound, then +Inf)."""
+    from concurrent_streams import metric
+
+    name = "eaas_gateway_inter_token_latency_seconds_bucket"
+    return [metric(url, f'{name}{{le="{b}"}}') for b in ITL_BUCKETS] + [metric(url, f'{name}{{le="+Inf"}}')]
+
+
+def histogram_quantile(cumulative: list[float], q: float) -> float:
+    """Prometheus' histogram_quantile: linear within the bucket holding the q-th observation."""
+    total = cumulative[-1]
+    if total <= 0:
+        return 0.0
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, count in zip(ITL_BUCKETS, cumulative):
+        if count >= rank:
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return ITL_BUCKETS[-1]
 
 
 def main() -> int:
@@ -53,18 +78,22 @@ def main() -> int:
         saved = json.loads(Path(args.measured).read_text())
         streams, steps, rpcs = saved["streams"], saved["steps"], saved["rpcs"]
         measured = ReplayResult(0.0, saved["token_times"], saved["errors"])
+        gateway_itl = saved.get("gateway_itl")
     else:
         fleet = up_fleet(profile_model())
         try:
             streams, steps, rpcs = step_sweep(fleet, 2, CALIBRATION)
+            before = itl_histogram(fleet.http)
             started = time.perf_counter()
             measured = replay(trace, fleet.gateways)
+            gateway_itl = [b - a for a, b in zip(before, itl_histogram(fleet.http))]
             print(f"replayed in {time.perf_counter() - started:.1f} s; errors: {len(measured.errors)}", flush=True)
         finally:
             fleet.stop()
         if args.save:
             Path(args.save).write_text(json.dumps({"streams": streams, "steps": steps, "rpcs": rpcs, "errors":
-                                                   measured.errors, "token_times": measured.token_times}))
+                                                   measured.errors, "token_times": measured.token_times,
+                                                   "gateway_itl": gateway_itl}))
     for n, s, r in zip(streams, steps, rpcs):
         print(f"calibration: {n:3.0f} streams  step {s * 1e3:7.2f} ms  Combine RPC {r * 1e3:6.2f} ms", flush=True)
     # the simulator's per-RPC batch for N streams here: N x 1 gateway x top-2 x share 1/2 / 1 RPC at a time = N
@@ -80,6 +109,9 @@ def main() -> int:
             ("p99 inter-token latency, ms", measured.itl_quantile(0.99) * 1e3, sim.itl_p99_s * 1e3),
             ("p50 inter-token latency, ms", measured.itl_quantile(0.5) * 1e3,
              sim.itl_p50_s * 1e3))
+    if gateway_itl:
+        rows += (("p99 ITL in the gateway, ms", histogram_quantile(gateway_itl, 0.99) * 1e3, sim.itl_p99_s * 1e3),
+                 ("p50 ITL in the gateway, ms", histogram_quantile(gateway_itl, 0.5) * 1e3, sim.itl_p50_s * 1e3))
     print(f"measured tokens {measured.tokens}, simulated {sim.served_tokens:.0f}")
     print(f"{'figure':<30}{'measured':>10}{'simulated':>11}{'error':>8}")
     for name, m, s in rows:

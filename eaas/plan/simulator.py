@@ -165,13 +165,14 @@ class StepModel:
         self.profile = profile
 
     def seconds(self, sequences_per_gateway: float, tokens_per_gateway: float | None = None) -> float:
-        """The gateway's time follows its sequences (as its curve was measured: streams), the RPCs follow the
-        tokens (a prompt being prefilled is one sequence but all its chunk's tokens go to the experts)."""
+        """Both parts follow the tokens in the forward: a decoding sequence brings one, a prompt being
+        prefilled its chunk, and the gateway's attention and dense layers run over every one of them as the
+        experts do (the gateway curve was measured in decode streams: one token each)."""
         if self.stalled:
             return math.inf
         n = max(1.0, sequences_per_gateway)
         tokens = n if tokens_per_gateway is None else max(n, tokens_per_gateway)
-        return self.layers * (self.profile.gateway_layer.at(n) + self.profile.expert_call.at(max(1.0, tokens * self.worst)))
+        return self.layers * (self.profile.gateway_layer.at(tokens) + self.profile.expert_call.at(max(1.0, tokens * self.worst)))
 
 
 def failure_times(faults: Faults, duration: int) -> list[float]:
