@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plan_profile import gateway_layer_seconds, profile_model, step_sweep, up_fleet  # noqa: E402
+from concurrent_streams import metric  # noqa: E402  (tests/system, put on the path by plan_profile)
 
 CALIBRATION = (1, 2, 4, 8, 16, 32, 64, 128)
 ITL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)  # gateway/metrics.py
@@ -33,10 +34,8 @@ ITL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)  # g
 
 def itl_histogram(url: str) -> list[float]:
     """The gateway's cumulative ITL bucket counts (le=each bound, then +Inf)."""
-    from concurrent_streams import metric
-
     name = "eaas_gateway_inter_token_latency_seconds_bucket"
-    return [metric(url, f'{name}{{le="{b}"}}') for b in ITL_BUCKETS] + [metric(url, f'{name}{{le="+Inf"}}')]
+    return [metric(url, f'{name}{{le="{float(b)}"}}') for b in ITL_BUCKETS] + [metric(url, f'{name}{{le="+Inf"}}')]
 
 
 def histogram_quantile(cumulative: list[float], q: float) -> float:
@@ -83,10 +82,12 @@ def main() -> int:
         fleet = up_fleet(profile_model())
         try:
             streams, steps, rpcs = step_sweep(fleet, 2, CALIBRATION)
-            before = itl_histogram(fleet.http)
+            before = itl_histogram(fleet.http), metric(fleet.http, "eaas_gateway_preemptions_total")
             started = time.perf_counter()
             measured = replay(trace, fleet.gateways)
-            gateway_itl = [b - a for a, b in zip(before, itl_histogram(fleet.http))]
+            gateway_itl = [b - a for a, b in zip(before[0], itl_histogram(fleet.http))]
+            preempted = metric(fleet.http, "eaas_gateway_preemptions_total") - before[1]
+            print(f"gateway preemptions (KV cache full) during the replay: {preempted:.0f}", flush=True)
             print(f"replayed in {time.perf_counter() - started:.1f} s; errors: {len(measured.errors)}", flush=True)
         finally:
             fleet.stop()

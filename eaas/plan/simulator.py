@@ -172,7 +172,8 @@ class StepModel:
             return math.inf
         n = max(1.0, sequences_per_gateway)
         tokens = n if tokens_per_gateway is None else max(n, tokens_per_gateway)
-        return self.layers * (self.profile.gateway_layer.at(tokens) + self.profile.expert_call.at(max(1.0, tokens * self.worst)))
+        rpc = self.profile.expert_call.at(max(1.0, tokens * self.worst))
+        return self.layers * (self.profile.gateway_layer.at(tokens) + rpc)
 
 
 def failure_times(faults: Faults, duration: int) -> list[float]:
