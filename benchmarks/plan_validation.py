@@ -14,6 +14,7 @@ Inter-token latency is measured twice: at the client (what a user sees; the clie
 replay, quantiles interpolated within its buckets as Prometheus does), which leaves the client out.
 
     .venv/bin/python -P benchmarks/plan_validation.py [--seconds 60] [--rate-scale 6] [--seed 1] [--tick-ms 10]
+        [--again] [--save FILE | --measured FILE]
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--save", metavar="FILE", help="write the calibration and measured token times as JSON")
     parser.add_argument("--measured", metavar="FILE", help="skip eaas up: compare with a --save file instead")
+    parser.add_argument("--again", action="store_true",
+                        help="replay the trace a second time: how far the real system is from itself")
     parser.add_argument("--tick-ms", type=float, default=10.0, help="the simulator's time step (steps here: 30-200 ms)")
     args = parser.parse_args()
 
@@ -88,6 +91,15 @@ def main() -> int:
             gateway_itl = [b - a for a, b in zip(before[0], itl_histogram(fleet.http))]
             preempted = metric(fleet.http, "eaas_gateway_preemptions_total") - before[1]
             print(f"gateway preemptions (KV cache full) during the replay: {preempted:.0f}", flush=True)
+            if args.again:
+                second = replay(trace, fleet.gateways)
+                print("the same trace replayed again, second vs first: "
+                      f"throughput {second.throughput():.1f} vs {measured.throughput():.1f} tokens/s "
+                      f"({(second.throughput() / measured.throughput() - 1) * 100:+.1f}%), p99 ITL "
+                      f"{second.itl_quantile(0.99) * 1e3:.1f} vs {measured.itl_quantile(0.99) * 1e3:.1f} ms "
+                      f"({(second.itl_quantile(0.99) / measured.itl_quantile(0.99) - 1) * 100:+.1f}%), p50 "
+                      f"{second.itl_quantile(0.5) * 1e3:.1f} vs {measured.itl_quantile(0.5) * 1e3:.1f} ms "
+                      f"({(second.itl_quantile(0.5) / measured.itl_quantile(0.5) - 1) * 100:+.1f}%)", flush=True)
             print(f"replayed in {time.perf_counter() - started:.1f} s; errors: {len(measured.errors)}", flush=True)
         finally:
             fleet.stop()
