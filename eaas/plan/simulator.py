@@ -187,16 +187,20 @@ def failure_times(faults: Faults, duration: int) -> list[float]:
 
 def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: np.ndarray, dep: Deployment,
              autoscaling: Autoscaling, profile: ServiceProfile, slo_itl_s: float, faults: Faults = Faults(),
-             duration_s: float | None = None, progress=None, tick_s: float = 1.0) -> Outcome:
+             duration_s: float | None = None, progress=None, tick_s: float = 1.0,
+             step_jitter: np.ndarray | None = None) -> Outcome:
     """Replay `trace` under `policy` (an object with decide(now, current, loads) -> desired replicas).
 
     tick_s: the replay's time step; shorter than the steps it models (1 s for multi-layer models whose
     steps take seconds, ~10 ms to compare with a small model's tens-of-ms steps).
+    step_jitter: measured step times / their median at a fixed batch (a real system's step varies at the
+    same load: Python, gRPC, the OS); each tick's step is scaled by one drawn at random. None: no jitter.
     """
     duration = float(math.ceil(duration_s if duration_s is not None else trace.duration_s + 1))
     ticks = int(math.ceil(duration / tick_s))
     groups = group_shares_by_minute.shape[1]
     pick = np.random.default_rng(faults.seed + 1)
+    jitter = None if step_jitter is None else np.random.default_rng(faults.seed + 2).choice(step_jitter, ticks)
     failures = deque(failure_times(faults, duration))
     replicas = Replicas(initial, dep.startup_s)
     capacity = dep.gateways * dep.max_batch_per_gateway
@@ -258,6 +262,8 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         if prefill and math.isfinite(step):  # prompt tokens share the tick's steps (chunked prefill)
             for _ in range(2):
                 step = model.seconds(n / dep.gateways, (n + prefill * min(1.0, step / tick_s)) / dep.gateways)
+        if jitter is not None:
+            step *= jitter[t]
         for i in admitted:
             ttft[i] = max(0.0, now - arrival_s[i]) + (math.ceil(prompts[i] / dep.prefill_chunk_tokens) + 1) * step
             heapq.heappush(active, progress_tokens + responses[i])

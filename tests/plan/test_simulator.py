@@ -101,3 +101,13 @@ def test_prompt_tokens_lengthen_the_gateways_part_of_the_step(profile):
     gateway_part = DEP.moe_layers * (profile.gateway_layer.at(208) - profile.gateway_layer.at(8))
     assert with_prompt - decode >= gateway_part > 0
 
+
+
+def test_measured_step_jitter_stretches_the_tail_not_the_median(profile):
+    trace = steady_trace(20, 120)
+    calm = run(trace, 16, profile=profile, seconds=200)
+    spread = np.array([1.0] * 97 + [3.0] * 3)  # 3% of steps take 3x the median, as a busy machine's do
+    jittery = simulate(trace, StaticPolicy(np.full(4, 16)), np.full(4, 16), shares(60), DEP, Autoscaling(1000.0),
+                       profile, SLO, duration_s=200, step_jitter=spread)
+    assert jittery.itl_p50_s == pytest.approx(calm.itl_p50_s, rel=0.05)
+    assert jittery.itl_p99_s > 2 * calm.itl_p99_s
