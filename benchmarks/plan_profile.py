@@ -98,10 +98,8 @@ def up_fleet(model: Path):
     return system.UpFleet(model, experts_per_server=4, replicas=2)
 
 
-def step_sweep(fleet, sweeps: int = 2, concurrency=None, one_stream_gaps: list | None = None
-               ) -> tuple[list[float], list[float], list[float]]:
-    """Per concurrency: the median step time and the gateway's mean Combine RPC round trip (its own histogram).
-    one_stream_gaps: if given, gets the steady inter-token gaps of the 1-stream runs (each one step)."""
+def step_sweep(fleet, sweeps: int = 2, concurrency=None) -> tuple[list[float], list[float], list[float]]:
+    """Per concurrency: the median step time and the gateway's mean Combine RPC round trip (its own histogram)."""
     from concurrent_streams import metric, stream_all
 
     concurrency = concurrency or CONCURRENCY
@@ -123,8 +121,6 @@ def step_sweep(fleet, sweeps: int = 2, concurrency=None, one_stream_gaps: list |
             _, errors = stream_all(fleet.gateways, prompts, 48, on_token, timeout=300, ignore_eos=True)
             assert not errors, errors
             steady = marks[n * 8: n * 40]
-            if n == 1 and one_stream_gaps is not None:
-                one_stream_gaps.extend(b - a for a, b in zip(steady, steady[1:]))
             steps[n].append((steady[-1] - steady[0]) / max(1, (len(steady) - 1) / n))
             (s0, c0), (s1, c1) = rpc_before[n * 8], rpc_before[n * 40]
             rpcs[n].append((s1 - s0) / max(1, c1 - c0))

@@ -194,13 +194,17 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
     tick_s: the replay's time step; shorter than the steps it models (1 s for multi-layer models whose
     steps take seconds, ~10 ms to compare with a small model's tens-of-ms steps).
     step_jitter: measured step times / their median at a fixed batch (a real system's step varies at the
-    same load: Python, gRPC, the OS); each tick's step is scaled by one drawn at random. None: no jitter.
+    same load: Python, gRPC, the OS); each tick's step is scaled by one drawn at random, in proportion to
+    its length. None: no jitter.
     """
     duration = float(math.ceil(duration_s if duration_s is not None else trace.duration_s + 1))
     ticks = int(math.ceil(duration / tick_s))
     groups = group_shares_by_minute.shape[1]
     pick = np.random.default_rng(faults.seed + 1)
-    jitter = None if step_jitter is None else np.random.default_rng(faults.seed + 2).choice(step_jitter, ticks)
+    jitter = None
+    if step_jitter is not None:  # a step j x the median lasts j x as long: ticks meet it in proportion to j,
+        j = np.asarray(step_jitter, dtype=np.float64)  # so per token the spread is the measured one
+        jitter = np.random.default_rng(faults.seed + 2).choice(j, ticks, p=j / j.sum())
     failures = deque(failure_times(faults, duration))
     replicas = Replicas(initial, dep.startup_s)
     capacity = dep.gateways * dep.max_batch_per_gateway
