@@ -31,6 +31,14 @@ def reference_engine(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def hf_model(tiny_model_dir):
+    """transformers' own model of the same checkpoint: the oracle of logits and logprobs."""
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="session")
 def service(tiny_model_dir):
     svc = EngineService(monolithic_engine(tiny_model_dir), load_tokenizer(tiny_model_dir))
     svc.start()

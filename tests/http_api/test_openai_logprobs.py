@@ -12,13 +12,6 @@ pytestmark = pytest.mark.asyncio
 TOL = 1e-4
 
 
-@pytest.fixture(scope="session")
-def hf_model(tiny_model_dir):
-    import transformers
-
-    return transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-
-
 def hf_logprobs(hf_model, ids: list[int]) -> torch.Tensor:
     """[len(ids), V]: row p is log_softmax of the logits that predict token p + 1."""
     with torch.no_grad():
