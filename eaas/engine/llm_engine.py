@@ -187,7 +187,9 @@ class LLMEngine:
     def _sample(self, seq: Sequence, logits: torch.Tensor, greedy: int) -> int:
         p = seq.params
         if p.adjusts_logits:
-            logits = apply_penalties(logits, seq.prompt_ids, seq.output_ids, p.repetition_penalty,
+            # a resumed stream's earlier tokens end its prompt: they count as output, as in the uninterrupted one
+            resumed = seq.prompt_ids[len(seq.prompt_ids) - p.first_token_index:] if p.first_token_index else []
+            logits = apply_penalties(logits, seq.prompt_ids, resumed + seq.output_ids, p.repetition_penalty,
                                      p.frequency_penalty, p.presence_penalty)
             if len(seq.output_ids) < p.min_tokens:
                 logits = forbid_tokens(logits, [*p.stop_token_ids, *([] if p.ignore_eos else self.eos_ids)])
