@@ -102,3 +102,19 @@ def test_network_policies_are_applied_unless_turned_off():
 def test_malformed_peers_are_a_spec_error(peers):
     with pytest.raises(SpecError, match="metricsFrom"):
         parse_spec("mix", "team", {**SPEC, "security": {"metricsFrom": peers}})
+
+
+def test_operator_password_key_file_is_read_and_bad_ones_are_one_line_errors(tmp_path):
+    from eaas.cli import UserError
+    from eaas.operator.cli import _password_key
+
+    good = tmp_path / "key"
+    good.write_bytes(b"0123456789abcdef0123\n")
+    assert _password_key(str(good)) == b"0123456789abcdef0123"
+    assert _password_key(None) is None
+    short = tmp_path / "short"
+    short.write_bytes(b"abc")
+    with pytest.raises(UserError, match="at least 16 bytes"):
+        _password_key(str(short))
+    with pytest.raises(UserError, match="cannot read --redis-password-key-file"):
+        _password_key(str(tmp_path / "absent"))
