@@ -72,8 +72,8 @@ def stop_refreshing(memo: kopf.Memo, **_: Any) -> None:
 
 def _redis_for(spec_url: str | None, memo: kopf.Memo, namespace: str, name: str, managed: bool
                ) -> redis.Redis | None:
-    """A client for --redis-url if given, else for the CR's own Redis (a managed one with the password
-    from its Secret); None when there is neither."""
+    """A client for --redis-url if given, else for the CR's own Redis (a managed one with its derived
+    password, the one in its Secret); None when there is neither."""
     override = memo.get("redis_url_override")
     url = override or spec_url
     if not url:
