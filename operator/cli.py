@@ -22,9 +22,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-image", default=DEFAULT_REDIS_IMAGE,
                         help="image of the managed Redis for MoEDeployments that name none in memPool.redisImage "
                              f"(default {DEFAULT_REDIS_IMAGE})")
+    parser.add_argument("--redis-password-key-file", default=None, metavar="FILE",
+                        help="key from which each managed Redis's password is derived (the chart mounts one); "
+                             "without it a random key per start: a restarted operator cannot read the load of "
+                             "managed Redis instances it started before")
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _password_key(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as exc:
+        raise UserError(f"cannot read --redis-password-key-file {path}: {exc.strerror}") from None
+    if len(key) < 16:
+        raise UserError(f"--redis-password-key-file {path}: the key must have at least 16 bytes")
+    return key
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("choose what to watch: --namespace NS (repeatable) or --all-namespaces")
     import kopf
 
+    from .credentials import new_password_key
     from . import handlers  # noqa: F401  (registers the handlers with kopf's default registry)
 
     kopf.configure(verbose=args.verbose)  # installs kopf's log format and level
@@ -40,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         clusterwide=args.all_namespaces,
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(redis_url_override=args.redis_url, default_redis_image=args.redis_image),
+        memo=kopf.Memo(redis_url_override=args.redis_url, default_redis_image=args.redis_image,
+                       password_key=_password_key(args.redis_password_key_file) or new_password_key()),
     )
     return 0

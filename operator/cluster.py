@@ -11,6 +11,7 @@ from typing import Any
 
 import kubernetes
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ConflictError
 
 from .features import ClusterFeatures, cluster_features
 from .manifests import MANAGED_BY
@@ -53,6 +54,15 @@ class ChildObjects:
         self.dynamic.server_side_apply(
             resource, body=manifest, name=manifest["metadata"]["name"],
             namespace=manifest["metadata"]["namespace"], field_manager=FIELD_MANAGER, force_conflicts=True)
+
+    def create_once(self, manifest: dict[str, Any]) -> bool:
+        """Create the object unless it exists (kept as it is then); True when this call created it."""
+        resource = self.dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
+        try:
+            resource.create(body=manifest, namespace=manifest["metadata"]["namespace"])
+        except ConflictError:
+            return False
+        return True
 
     def prune(self, owner_uid: str, namespace: str, instance: str, keep: list[dict[str, Any]],
               kinds: list[tuple[str, str]], keep_names: tuple[str, ...] = ()) -> list[str]:
@@ -117,4 +127,5 @@ class ChildObjects:
 def prunable_kinds(features: ClusterFeatures) -> list[tuple[str, str]]:
     return [("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"),
             (features.pdb_api_version, "PodDisruptionBudget"), ("v1", "ServiceAccount"),
-            ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding")]
+            ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+            ("networking.k8s.io/v1", "NetworkPolicy")]

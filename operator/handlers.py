@@ -8,6 +8,7 @@ operator sees the deletion), so deleting a MoEDeployment never waits for an oper
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -16,11 +17,13 @@ import redis
 
 from . import load
 from .cluster import ChildObjects, load_kube_config, prunable_kinds
+from .credentials import redis_password, redis_password_secret
 from .decisions import group_replicas
 from .manifests import desired_manifests, selector_labels
+from .network_policies import operator_peer
 from .refresh import Refresher, now_iso
 from .rollout import plan_layout_change
-from .spec import DEFAULT_REDIS_IMAGE, GROUP, PLURAL, VERSION, SpecError, parse_spec, redis_url_of
+from .spec import DEFAULT_REDIS_IMAGE, GROUP, PLURAL, VERSION, MoESpec, SpecError, parse_spec, redis_url_of
 from .status import groups_status, readiness_status, replicas_from_status, set_condition
 from .tracking import ObjectState, Tracked
 
@@ -49,7 +52,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     memo.redis_clients = {}
     memo.tracked = Tracked()
     memo.stop = threading.Event()
-    refresher = Refresher(memo.children, memo.tracked, lambda url: _redis_for(url, memo))
+    # The chart tells the operator who it is (for the managed Redis's NetworkPolicy): its namespace and
+    # its pod's labels as k=v,k=v. Unset outside a pod.
+    memo.own_namespace = os.environ.get("EAAS_OPERATOR_NAMESPACE")
+    memo.own_labels = dict(pair.split("=", 1) for pair in os.environ.get("EAAS_OPERATOR_POD_LABELS", "").split(",")
+                           if "=" in pair)
+    refresher = Refresher(memo.children, memo.tracked,
+                          lambda moe: _redis_for(moe.redis_url, memo, moe.namespace, moe.name, moe.redis_managed))
     memo.refresh_thread = threading.Thread(target=refresher.run, args=(memo.stop,), name="refresh", daemon=True)
     memo.refresh_thread.start()
     logger.info("cluster features: %s; redis override: %s", memo.features, memo.get("redis_url_override"))
@@ -61,14 +70,25 @@ def stop_refreshing(memo: kopf.Memo, **_: Any) -> None:
     memo.refresh_thread.join(timeout=10)
 
 
-def _redis_for(spec_url: str | None, memo: kopf.Memo) -> redis.Redis | None:
-    """A client for --redis-url if given, else for the CR's own Redis; None when there is neither."""
-    url = memo.get("redis_url_override") or spec_url
+def _redis_for(spec_url: str | None, memo: kopf.Memo, namespace: str, name: str, managed: bool
+               ) -> redis.Redis | None:
+    """A client for --redis-url if given, else for the CR's own Redis (a managed one with its derived
+    password, the one in its Secret); None when there is neither."""
+    override = memo.get("redis_url_override")
+    url = override or spec_url
     if not url:
         return None
     if url not in memo.redis_clients:
-        memo.redis_clients[url] = load.redis_client(url)
+        password = redis_password(memo.password_key, namespace, name) if managed and not override else None
+        memo.redis_clients[url] = load.redis_client(url, password=password)
     return memo.redis_clients[url]
+
+
+def _ensure_redis_password(moe: MoESpec, body: kopf.Body, memo: kopf.Memo) -> None:
+    """The managed Redis's password Secret, created the first time only: every later reconcile keeps it."""
+    secret = redis_password_secret(moe, redis_password(memo.password_key, moe.namespace, moe.name))
+    kopf.adopt(secret, owner=body)
+    memo.children.create_once(secret)
 
 
 def _invalid_spec(body: kopf.Body, state: ObjectState, patch: kopf.Patch, exc: SpecError) -> None:
@@ -92,9 +112,12 @@ def reconcile(name: str, namespace: str, spec: kopf.Spec, status: kopf.Status, m
         return
     with state.lock:
         desired = group_replicas(moe, replicas_from_status(moe, state.as_status()) if moe.autoscaling.enabled else {})
-        manifests = desired_manifests(moe, desired, memo.features)
+        manifests = desired_manifests(moe, desired, memo.features,
+                                      operator_peer(memo.get("own_namespace"), memo.get("own_labels"), namespace))
         kopf.adopt(manifests, owner=body)
         try:
+            if moe.redis_managed:
+                _ensure_redis_password(moe, body, memo)
             for manifest in manifests:
                 memo.children.apply(manifest)
             states = memo.children.deployment_states(namespace, name)
@@ -135,7 +158,8 @@ def track(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str, spec
         memo.tracked.track(dict(event["object"]))
         return
     memo.tracked.forget(namespace, name)
-    client = _redis_for(redis_url_of(name, namespace, dict(spec)), memo)
+    managed = bool((dict(spec).get("memPool") or {}).get("managed"))
+    client = _redis_for(redis_url_of(name, namespace, dict(spec)), memo, namespace, name, managed)
     if client is None:
         return
     try:

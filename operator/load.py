@@ -54,5 +54,6 @@ def delete_deployment_keys(client: redis.Redis, deployment: str) -> int:
     return removed
 
 
-def redis_client(url: str, timeout: float = 3.0) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+def redis_client(url: str, timeout: float = 3.0, password: str | None = None) -> redis.Redis:
+    """A password in the URL wins over `password` (a managed Redis's, from its Secret)."""
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, password=password)

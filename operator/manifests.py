@@ -12,33 +12,20 @@ from typing import Any
 from eaas.topology import ExpertGroup, format_expert_ids
 
 from .access import gateway_access_manifests, gateway_account_name
+from .credentials import (REDIS_PASSWORD_ENV, api_key_args, redis_password_env, secret_volumes,
+                          tls_args)
 from .decisions import group_replicas
+from .labels import MANAGED_BY, owned_labels, selector_labels  # noqa: F401  (re-exported)
 from .features import ClusterFeatures, cluster_features  # noqa: F401  (re-exported for cluster.py)
+from .network_policies import network_policy_manifests
 from .pods import (REDIS_UID, graceful_shutdown, http_health_check, omp_threads_env, pod_spec, probes,
                    serving_check)
 from .spec import (EXPERT_GRPC_PORT, EXPERT_METRICS_PORT, GATEWAY_GRPC_PORT, GATEWAY_HTTP_PORT, REDIS_PORT,
                    MoESpec, PodPlacement, expert_object_name, group_label)
 
-MANAGED_BY = "eaas-operator"
 TOPOLOGY_KEY = "topology.json"
 TOPOLOGY_DIR = "/etc/eaas"
 MODELS_DIR = "/models"
-
-
-def owned_labels(spec: MoESpec, component: str, group: str | None = None) -> dict[str, str]:
-    """Labels on every child; the selector subset (selector_labels) must never change."""
-    return {
-        "app.kubernetes.io/name": "eaas",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        **selector_labels(spec, component, group),
-    }
-
-
-def selector_labels(spec: MoESpec, component: str, group: str | None = None) -> dict[str, str]:
-    labels = {"app.kubernetes.io/instance": spec.name, "app.kubernetes.io/component": component}
-    if group is not None:
-        labels["eaas.dev/group"] = group
-    return labels
 
 
 def expert_service_name(spec: MoESpec, group: ExpertGroup) -> str:
@@ -129,14 +116,15 @@ def expert_command(spec: MoESpec, group: ExpertGroup) -> list[str]:
     return ["eaas", "expert-server", "--model", model, "--experts", format_expert_ids(group.experts),
             "--host", "0.0.0.0", "--port", str(EXPERT_GRPC_PORT), "--metrics-port", str(EXPERT_METRICS_PORT),
             "--deployment", spec.name, "--group", group.name,
-            "--advertise", f"$(POD_IP):{EXPERT_GRPC_PORT}", *_redis_args(spec)]  # the registry needs a reachable address
+            "--advertise", f"$(POD_IP):{EXPERT_GRPC_PORT}",  # the registry needs a reachable address
+            *_redis_args(spec), *tls_args(spec)]
 
 
 def gateway_command(spec: MoESpec) -> list[str]:
     model, _, _ = model_location(spec)
     return ["eaas", "gateway", "--model", model, "--topology", f"{TOPOLOGY_DIR}/{TOPOLOGY_KEY}", "--watch-endpoints",
             "--grpc-port", str(GATEWAY_GRPC_PORT), "--http-port", str(GATEWAY_HTTP_PORT),
-            "--deployment", spec.name, *_redis_args(spec)]
+            "--deployment", spec.name, *_redis_args(spec), *tls_args(spec), *api_key_args(spec)]
 
 
 def _eaas_container(spec: MoESpec, name: str, command: list[str], ports: dict[str, int],
@@ -149,7 +137,7 @@ def _eaas_container(spec: MoESpec, name: str, command: list[str], ports: dict[st
         "env": [{"name": "HF_HOME", "value": "/tmp/huggingface"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
                 {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                 # torch's OpenMP threads = the CPU the container may use: more threads than cores make it spin
-                omp_threads_env(placement.resources)],
+                omp_threads_env(placement.resources), *redis_password_env(spec)],
         "ports": [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports.items()],
         **probes(probe_check),
         "lifecycle": graceful_shutdown(),
@@ -171,11 +159,15 @@ def gateway_manifests(spec: MoESpec, features: ClusterFeatures) -> list[dict[str
     name = f"{spec.name}-gateway"
     ports = {"grpc": GATEWAY_GRPC_PORT, "http": GATEWAY_HTTP_PORT}
     # The HTTP port opens after the gRPC port: /health answering means both serve, on every version.
+    secret_vols, secret_mounts = secret_volumes(spec, api_key=True)
+    https = bool(spec.security.tls_secret_name)  # the HTTP port serves TLS too: so does the probe
     container = _eaas_container(spec, "gateway", gateway_command(spec), ports, spec.gateway,
-                                http_health_check(GATEWAY_HTTP_PORT),
-                                [{"name": "topology", "mountPath": TOPOLOGY_DIR, "readOnly": True}])
+                                http_health_check(GATEWAY_HTTP_PORT, https),
+                                [{"name": "topology", "mountPath": TOPOLOGY_DIR, "readOnly": True},
+                                 *secret_mounts])
     _, model_volumes, _ = model_location(spec)
-    volumes = [{"name": "topology", "configMap": {"name": f"{spec.name}-topology"}}, *model_volumes]
+    volumes = [{"name": "topology", "configMap": {"name": f"{spec.name}-topology"}}, *model_volumes,
+               *secret_vols]
     # A topology change (re-shaped groups) must roll the gateways: the hash is part of the pod template.
     topology_hash = hashlib.sha256(topology_json(spec).encode()).hexdigest()[:16]
     annotations = {"eaas.dev/topology-hash": topology_hash, "prometheus.io/scrape": "true",
@@ -193,9 +185,13 @@ def expert_group_manifests(spec: MoESpec, group: ExpertGroup, replicas: int,
                            features: ClusterFeatures) -> list[dict[str, Any]]:
     name = expert_service_name(spec, group)
     ports = {"grpc": EXPERT_GRPC_PORT, "metrics": EXPERT_METRICS_PORT}
+    secret_vols, secret_mounts = secret_volumes(spec, api_key=False)
+    # the kubelet's gRPC probe speaks no TLS: a TLS server is probed by its open port
     container = _eaas_container(spec, "expert-server", expert_command(spec, group), ports, spec.experts,
-                                serving_check(EXPERT_GRPC_PORT, features), [])
+                                serving_check(EXPERT_GRPC_PORT, features, tls=bool(spec.security.tls_secret_name)),
+                                secret_mounts)
     _, model_volumes, _ = model_location(spec)
+    model_volumes = [*model_volumes, *secret_vols]
     annotations = {"eaas.dev/experts": format_expert_ids(group.experts), "prometheus.io/scrape": "true",
                    "prometheus.io/port": str(EXPERT_METRICS_PORT)}
     pod = pod_spec(spec, spec.experts, container, model_volumes)
@@ -212,8 +208,10 @@ def redis_manifests(spec: MoESpec) -> list[dict[str, Any]]:
     container = {
         "name": "redis",
         "image": spec.redis_image,
+        # $(VAR) is expanded by the kubelet: the password never appears in the pod spec
         "command": ["redis-server", "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no",
-                    "--dir", "/data", "--protected-mode", "no"],
+                    "--dir", "/data", "--protected-mode", "no", "--requirepass", f"$({REDIS_PASSWORD_ENV})"],
+        "env": redis_password_env(spec),
         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
         **probes({"tcpSocket": {"port": REDIS_PORT}}),
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
@@ -225,12 +223,17 @@ def redis_manifests(spec: MoESpec) -> list[dict[str, Any]]:
     ]
 
 
-def desired_manifests(spec: MoESpec, replicas: dict[str, int], features: ClusterFeatures) -> list[dict[str, Any]]:
-    """Every child object of the MoEDeployment; `replicas` maps group name -> replicas (see group_replicas)."""
+def desired_manifests(spec: MoESpec, replicas: dict[str, int], features: ClusterFeatures,
+                      operator_peer: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every child object the operator applies; `replicas` maps group name -> replicas (see group_replicas).
+    operator_peer: the NetworkPolicy peer of the operator's own pod (it reads load from a managed Redis).
+    Not here: a managed Redis's password Secret, created once (credentials.redis_password_secret)."""
     manifests = [topology_configmap(spec), *gateway_manifests(spec, features)]
     counts = group_replicas(spec, replicas)
     for group in spec.groups:
         manifests += expert_group_manifests(spec, group, counts[group.name], features)
     if spec.redis_managed:
         manifests += redis_manifests(spec)
+    if spec.security.network_policies:
+        manifests += network_policy_manifests(spec, operator_peer)
     return manifests

@@ -37,13 +37,15 @@ def container_security(uid: int) -> dict[str, Any]:
     }
 
 
-def serving_check(port: int, features: ClusterFeatures) -> dict[str, Any]:
-    """The gRPC health check where the kubelet has it (>= 1.24), else an open TCP port."""
-    return {"grpc": {"port": port}} if features.grpc_probe else {"tcpSocket": {"port": port}}
+def serving_check(port: int, features: ClusterFeatures, tls: bool = False) -> dict[str, Any]:
+    """The gRPC health check where the kubelet has it (>= 1.24) and the server speaks plaintext (the
+    kubelet's gRPC probe has no TLS), else an open TCP port."""
+    return {"grpc": {"port": port}} if features.grpc_probe and not tls else {"tcpSocket": {"port": port}}
 
 
-def http_health_check(port: int) -> dict[str, Any]:
-    return {"httpGet": {"path": "/health", "port": port}}
+def http_health_check(port: int, https: bool = False) -> dict[str, Any]:
+    """The kubelet does not verify the certificate of an HTTPS probe: no CA needed."""
+    return {"httpGet": {"path": "/health", "port": port, **({"scheme": "HTTPS"} if https else {})}}
 
 
 def probes(check: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -38,7 +38,7 @@ def now_iso() -> str:
 
 class Refresher:
     def __init__(self, children: ChildObjects, tracked: Tracked,
-                 redis_for: Callable[[str | None], redis.Redis | None]):
+                 redis_for: Callable[[MoESpec], redis.Redis | None]):
         self.children = children
         self.tracked = tracked
         self.redis_for = redis_for
@@ -94,7 +94,7 @@ class Refresher:
     def autoscale(self, moe: MoESpec, status: dict, states: dict, body: dict[str, Any]
                   ) -> tuple[dict[str, int], dict[str, float], dict[str, tuple]]:
         """Decide and patch each group's replicas from its load; returns (replicas, loads, histories)."""
-        client = self.redis_for(moe.redis_url)
+        client = self.redis_for(moe)
         if client is None:
             raise redis.ConnectionError("no Redis configured (memPool or --redis-url) to read load from")
         now = time.time()

@@ -49,6 +49,21 @@ class Autoscaling:
     policy: str = "reactive"  # or "predictive": decide on max(load now, forecast) (operator/forecast.py)
 
 
+# NetworkPolicy peers (networking.k8s.io/v1 NetworkPolicyPeer): the API server checks their contents
+# when the operator applies the policy; here only their shape.
+PEER_KEYS = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
+
+
+@dataclass(frozen=True)
+class Security:
+    tls_secret_name: str | None = None       # kubernetes.io/tls Secret with tls.crt, tls.key, ca.crt
+    api_key_secret_name: str | None = None   # Secret holding the gateways' API key
+    api_key_secret_key: str = "api-key"      # its key
+    network_policies: bool = True            # write the deployment's NetworkPolicies
+    metrics_from: tuple[dict[str, Any], ...] | None = None  # None: expert metrics from anywhere
+    gateway_from: tuple[dict[str, Any], ...] | None = None  # None: gateways from anywhere
+
+
 @dataclass(frozen=True)
 class MoESpec:
     name: str
@@ -68,6 +83,7 @@ class MoESpec:
     redis_external_url: str | None
     redis_image: str
     autoscaling: Autoscaling
+    security: Security = field(default_factory=Security)
 
     @property
     def groups(self) -> list[ExpertGroup]:
@@ -79,6 +95,14 @@ class MoESpec:
         if self.redis_managed:
             return f"redis://{self.name}-redis.{self.namespace}.svc:{REDIS_PORT}/0"
         return self.redis_external_url
+
+
+def redis_secret_name(deployment: str) -> str:
+    """The Secret holding a managed Redis's generated password (key REDIS_PASSWORD_KEY)."""
+    return f"{deployment}-redis-auth"
+
+
+REDIS_PASSWORD_KEY = "password"
 
 
 def group_label(group: ExpertGroup) -> str:
@@ -155,8 +179,29 @@ def _typed_spec(name: str, namespace: str, spec: dict[str, Any], default_redis_i
             load_windows=int(scaling.get("loadWindows", defaults.load_windows)),
             policy=str(scaling.get("policy", defaults.policy)),
         ),
+        security=_security(spec.get("security") or {}),
     )
     return parsed
+
+
+def _peers(raw: Any, what: str) -> tuple[dict[str, Any], ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(peer, dict) and peer and set(peer) <= PEER_KEYS
+                                            for peer in raw):
+        raise SpecError(f"security.{what}: a list of peers, each with one or more of {', '.join(sorted(PEER_KEYS))}")
+    return tuple(dict(peer) for peer in raw)
+
+
+def _security(raw: dict[str, Any]) -> Security:
+    return Security(
+        tls_secret_name=raw.get("tlsSecretName") or None,
+        api_key_secret_name=raw.get("apiKeySecretName") or None,
+        api_key_secret_key=str(raw.get("apiKeySecretKey") or Security.api_key_secret_key),
+        network_policies=bool(raw.get("networkPolicies", True)),
+        metrics_from=_peers(raw.get("metricsFrom"), "metricsFrom"),
+        gateway_from=_peers(raw.get("gatewayFrom"), "gatewayFrom"),
+    )
 
 
 def redis_url_of(name: str, namespace: str, spec: dict[str, Any]) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Awaitable, Callable, TypeVar
 
@@ -26,10 +27,17 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 T = TypeVar("T")
 
 
+# The password of a Redis whose URL carries none: what the operator gives pods from a generated Secret
+# (an environment variable, so it appears in no command line and no pod spec).
+PASSWORD_ENV = "EAAS_REDIS_PASSWORD"
+
+
 def connect(url: str, *, socket_timeout_s: float = 0.5) -> aioredis.Redis:
-    """An asyncio client for redis:// or rediss:// URLs (AUTH and TLS options come from the URL)."""
+    """An asyncio client for redis:// or rediss:// URLs (AUTH and TLS options come from the URL; a
+    password in the URL wins over $EAAS_REDIS_PASSWORD)."""
     return aioredis.from_url(
         url,
+        password=os.environ.get(PASSWORD_ENV) or None,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=socket_timeout_s,
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),

@@ -57,8 +57,10 @@ setup_network() {
     ip link set "$BRIDGE" up
     # The host reaches ClusterIPs from the bridge's address, never from the machine's own interface.
     ip route add "$SERVICE_CIDR" dev "$BRIDGE" src "$BRIDGE_IP"
+    # Bridged pod-to-pod packets through iptables: kube-proxy's hairpin and the NetworkPolicy enforcer.
+    [ -d /proc/sys/net/bridge ] || modprobe br_netfilter 2>/dev/null || true
     sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 2>/dev/null \
-        || sysctl -qw net.ipv4.ip_forward=1
+        || { sysctl -qw net.ipv4.ip_forward=1; log "no br_netfilter: NetworkPolicies will not be enforced"; }
 }
 
 start_control_plane() {
@@ -109,7 +111,11 @@ start_node() {
         --healthz-bind-address="$NODE_IP:10256" --metrics-bind-address="$NODE_IP:10249"
     start_daemon cluster-dns python3 "$SCRIPTS/cluster_dns.py" "$NODE_IP" "$RUN_DIR/pki/kube-proxy.token" \
         "https://$NODE_IP:$API_PORT" "$RUN_DIR/pki/ca.crt"
+    # NetworkPolicies: the CNI plugins enforce none (scripts/k8s/netpol_enforcer.py).
+    start_daemon netpol python3 "$SCRIPTS/netpol_enforcer.py" "$RUN_DIR/pki/admin.token" \
+        "https://$NODE_IP:$API_PORT" "$RUN_DIR/pki/ca.crt" "$POD_CIDR"
 }
+netpol_hooked() { iptables -S FORWARD 2>/dev/null | grep -q -- "-j EAAS-NETPOL"; }
 
 up() {
     if [ -f "$RUN_DIR/pids/kube-apiserver" ] && daemons_alive; then
@@ -135,6 +141,7 @@ up() {
     wait_for 120 "node Ready" node_ready
     wait_for 60 "default service account" default_sa
     wait_for 60 "kube-proxy to program Services" services_programmed
+    wait_for 60 "the NetworkPolicy enforcer's chain" netpol_hooked
     daemons_alive
     log "cluster up in $((SECONDS - started)) s (run folder $RUN_DIR)"
     print_env
@@ -235,10 +242,11 @@ down() {
     if [ -f "$RUN_DIR/pids/containerd" ]; then remove_all_containers; fi
     stop_daemon containerd
     stop_shims
-    for name in cluster-dns kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_daemon "$name"; done
+    for name in netpol cluster-dns kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_daemon "$name"; done
     remove_mounts
     remove_cgroups
     restore_host_state
+    if iptables -S 2>/dev/null | grep -q EAAS-NETPOL; then log "left behind: iptables chain EAAS-NETPOL"; fi
     rm -rf "$RUN_DIR"
     log "cluster down in $((SECONDS - started)) s"
 }

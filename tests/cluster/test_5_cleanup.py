@@ -6,7 +6,7 @@ from __future__ import annotations
 from cluster_deploy import NAMESPACE, RELEASE, diagnose, moedeployment_manifest
 from cluster_kube import wait_for
 
-KINDS = "deployments,replicasets,services,configmaps,poddisruptionbudgets,pods"
+KINDS = "deployments,replicasets,services,configmaps,poddisruptionbudgets,pods,networkpolicies,secrets"
 
 
 def owned(cluster, name: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 
 import kubernetes_validate
@@ -53,7 +54,8 @@ def test_watched_namespaces_get_roles_and_operator_flags():
     docs = rendered("--set", "watch.namespaces={team-a,team-b}")
     assert _operator_command(docs) == ["eaas", "operator", "--standalone", "--namespace=team-a",
                                        "--namespace=team-b", "--liveness=http://0.0.0.0:8080/healthz",
-                                       "--redis-image=redis:7.2-alpine"]
+                                       "--redis-image=redis:7.2-alpine",
+        "--redis-password-key-file=/etc/eaas-operator/redis-password-key/key"]
     assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == ["team-a", "team-b"]
     default = rendered()
     assert "--namespace=eaas-system" in _operator_command(default)
@@ -71,11 +73,26 @@ def test_operator_pod_is_non_root_with_read_only_root():
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
-def test_rbac_grants_no_wildcards_and_no_secrets():
+def test_rbac_grants_no_wildcards_and_never_reads_secrets():
+    """The operator creates a managed Redis's password Secret but can read no Secret: it derives the
+    password from the key mounted into its own pod (operator/credentials.py)."""
     for doc in rendered("--set", "watch.allNamespaces=true"):
         for rule in doc.get("rules", []):
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
-            assert "secrets" not in rule["resources"]
+            if "secrets" in rule["resources"]:
+                assert rule["resources"] == ["secrets"] and rule["verbs"] == ["create"], rule
+
+
+def test_operator_gets_its_password_key_from_a_secret_only_it_mounts():
+    docs = rendered()
+    (key,) = [d for d in docs if d["kind"] == "Secret"]
+    assert len(base64.b64decode(key["data"]["key"])) == 48
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "redis-password-key", "secret": {"secretName": key["metadata"]["name"], "defaultMode": 0o440}} \
+        in pod["volumes"]
+    assert pod["securityContext"]["fsGroup"] == 10001
+    (container,) = pod["containers"]
+    assert "--redis-password-key-file=/etc/eaas-operator/redis-password-key/key" in container["command"]
 
 
 def test_example_moedeployment_parses_with_the_operator():

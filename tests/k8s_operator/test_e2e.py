@@ -184,7 +184,8 @@ def test_chart_installs_crd_and_operator(control_plane, release, api, kube):
     chart_operator = deployment(api, "eaas-operator")
     assert chart_operator.spec.template.spec.containers[0].command == [
         "eaas", "operator", "--standalone", f"--namespace={NAMESPACE}", "--liveness=http://0.0.0.0:8080/healthz",
-        "--redis-image=redis:7.2-alpine"]
+        "--redis-image=redis:7.2-alpine",
+        "--redis-password-key-file=/etc/eaas-operator/redis-password-key/key"]
     assert chart_operator.spec.template.spec.security_context.run_as_non_root is True
     # No kubelet here: the chart's operator Pod is created and stays Pending.
     pods = wait_for(lambda: api["core"].list_namespaced_pod(
@@ -260,6 +261,8 @@ def test_moedeployment_becomes_owned_children(control_plane, api, operator):
         ("v1", "ServiceAccount"): {"mix-gateway"},
         ("rbac.authorization.k8s.io/v1", "Role"): {"mix-gateway"},
         ("rbac.authorization.k8s.io/v1", "RoleBinding"): {"mix-gateway"},
+        ("networking.k8s.io/v1", "NetworkPolicy"): {"mix-experts", "mix-gateway", "mix-redis"},
+        ("v1", "Secret"): {"mix-redis-auth"},
     }
     for (api_version, kind), names in expected.items():
         objects = owned(api, kind, api_version)
@@ -289,6 +292,50 @@ def test_moedeployment_becomes_owned_children(control_plane, api, operator):
     assert "0/2" in kubectl(control_plane, "get", "moed", NAME, f"--namespace={NAMESPACE}")
     wait_for(lambda: any(e.reason == "Reconciled" and "2 expert groups of 4 experts" in e.message
                          for e in events_of(api)), "a Reconciled Event", operator)
+
+
+def redis_password_secret(api):
+    return api["core"].read_namespaced_secret(f"{NAME}-redis-auth", NAMESPACE)
+
+
+def test_managed_redis_password_is_created_once_and_reaches_every_pod(api, operator):
+    apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    secret = redis_password_secret(api)
+    password = base64.b64decode(secret.data["password"]).decode()
+    assert len(password) == 43
+    for name in ("mix-gateway", "mix-experts-e0-3", "mix-experts-e4-7", "mix-redis"):
+        (env,) = [e for e in deployment(api, name).spec.template.spec.containers[0].env
+                  if e.name == "EAAS_REDIS_PASSWORD"]
+        assert (env.value_from.secret_key_ref.name, env.value_from.secret_key_ref.key) == ("mix-redis-auth", "password")
+    assert command_of(api, "mix-redis")[-2:] == ["--requirepass", "$(EAAS_REDIS_PASSWORD)"]
+    # a spec change re-applies every child; the Secret is kept as it is
+    apply_spec(api, operator, moedeployment(experts_per_replica=4, gateway_replicas=2))
+    kept = redis_password_secret(api)
+    assert (kept.metadata.uid, kept.metadata.resource_version) == (secret.metadata.uid, secret.metadata.resource_version)
+
+
+def test_security_section_mounts_the_tls_and_api_key_secrets(api, operator):
+    body = moedeployment(experts_per_replica=4)
+    body["spec"]["security"] = {"tlsSecretName": "mix-tls", "apiKeySecretName": "mix-key",
+                                "metricsFrom": [{"namespaceSelector": {"matchLabels": {"role": "metrics"}}}]}
+    apply_spec(api, operator, body)
+    gateway, expert = command_of(api, "mix-gateway"), command_of(api, "mix-experts-e0-3")
+    tls = ["--tls-cert-file", "/etc/eaas/tls/tls.crt", "--tls-key-file", "/etc/eaas/tls/tls.key",
+           "--tls-ca-file", "/etc/eaas/tls/ca.crt"]
+    assert gateway[-8:] == [*tls, "--api-key-file", "/etc/eaas/api-key/api-key"]
+    assert expert[-6:] == tls
+    volumes = {v.name: v for v in deployment(api, "mix-gateway").spec.template.spec.volumes}
+    assert (volumes["tls"].secret.secret_name, volumes["api-key"].secret.secret_name) == ("mix-tls", "mix-key")
+    policy = api["dynamic"].resources.get(api_version="networking.k8s.io/v1", kind="NetworkPolicy").get(
+        name="mix-experts", namespace=NAMESPACE)
+    metrics_rule = policy.spec.ingress[1].to_dict()
+    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"role": "metrics"}}}]
+    # a merge patch removes a field only when given null
+    api["custom"].patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME, {"spec": {"security": None}})
+    apply_spec(api, operator, moedeployment(experts_per_replica=4))
+    assert "--tls-cert-file" not in command_of(api, "mix-gateway")
+    assert "from" not in api["dynamic"].resources.get(api_version="networking.k8s.io/v1", kind="NetworkPolicy").get(
+        name="mix-experts", namespace=NAMESPACE).spec.ingress[1].to_dict()
 
 
 def mark_pods_ready(api, selector: str) -> int:
@@ -400,6 +447,7 @@ def test_operator_restarted_after_a_crash_catches_up_with_the_cluster(api, opera
     restore it), then, in a second outage, the spec changes (on.update after the restart). Autoscaled
     replicas survive both restarts."""
     apply_spec(api, operator, moedeployment(experts_per_replica=4, gateway_replicas=2))
+    secret_uid = redis_password_secret(api).metadata.uid
     write_load(redis.Redis.from_url(redis_server_session.url), {0: 2000, 3: 1500})  # g0 hot: 4; g1 cold: 1
     wait_for(lambda: replicas(api, "g0") == 4 and replicas(api, "g1") == 1, "g0 at 4 and g1 at 1", operator)
 
@@ -423,6 +471,8 @@ def test_operator_restarted_after_a_crash_catches_up_with_the_cluster(api, opera
     wait_for(lambda: read_cr(api)["status"].get("observedGeneration") == generation,
              f"observedGeneration {generation} after the restart", operator)
     assert (deployment(api, "mix-gateway").spec.replicas, replicas(api, "g0"), replicas(api, "g1")) == (3, 4, 1)
+    # each start drew a new password key (no --redis-password-key-file here): the Secret stays as created
+    assert redis_password_secret(api).metadata.uid == secret_uid
 
 
 def test_delete_garbage_collects_children_and_redis_keys(api, operator, redis_server_session):
@@ -441,7 +491,7 @@ def test_delete_garbage_collects_children_and_redis_keys(api, operator, redis_se
     wait_for(lambda: client.keys(f"eaas:{NAME}:*") == [], "the operator unlinked its Redis keys", operator)
     assert client.get("eaas:other:load:10") == b"kept"
     kinds = (("ConfigMap", "v1"), ("Deployment", "apps/v1"), ("Service", "v1"),
-             ("PodDisruptionBudget", "policy/v1beta1"))
+             ("PodDisruptionBudget", "policy/v1beta1"), ("NetworkPolicy", "networking.k8s.io/v1"), ("Secret", "v1"))
     wait_for(lambda: not any(owned(api, kind, version) for kind, version in kinds),
              "every child garbage-collected", operator, timeout=60)
 

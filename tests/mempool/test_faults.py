@@ -128,6 +128,32 @@ def test_auth_url_works_and_a_wrong_password_only_degrades(auth_redis_server):
     assert asyncio.run(run()) == (1, BS, 0, 0)
 
 
+def test_password_from_the_environment_serves_a_url_without_one(auth_redis_server, monkeypatch):
+    """What the operator gives pods for a managed Redis: a plain URL and $EAAS_REDIS_PASSWORD."""
+    tokens = list(range(BS))
+    bare_url = auth_redis_server.url.replace(":s3cret-pw@", "")
+
+    async def run():
+        pool = KVPool.from_url(bare_url, fingerprint="m", block_size=BS)
+        result = (await pool.insert(tokens, [block(0)]), (await pool.match(tokens))[0])
+        await pool.close()
+        return result
+
+    assert asyncio.run(run()) == (0, 0)  # no password: refused, degraded to misses
+    monkeypatch.setenv("EAAS_REDIS_PASSWORD", "s3cret-pw")
+    assert asyncio.run(run()) == (1, BS)
+    monkeypatch.setenv("EAAS_REDIS_PASSWORD", "wrong")  # a password in the URL wins over the environment
+    pool_url = auth_redis_server.url
+
+    async def with_url_password():
+        pool = KVPool.from_url(pool_url, fingerprint="m", block_size=BS)
+        n = (await pool.match(tokens))[0]
+        await pool.close()
+        return n
+
+    assert asyncio.run(with_url_password()) == BS
+
+
 def test_tls_url_round_trips_blocks(tls_redis_server):
     tokens = list(range(2 * BS))
 

@@ -67,6 +67,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [list, create, patch, delete]
+# The deployment's NetworkPolicies (applied and pruned like the other children).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, create, patch, delete]
+# A managed Redis's password: a Secret created once. Create only: the operator derives the password
+# from its own key and never reads a Secret; the Secret goes with its MoEDeployment (ownerReferences).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
 # RBAC lets the operator grant only what it holds itself (no escalate/bind): the gateways' Endpoints rights.
 - apiGroups: [""]
   resources: [endpoints]
