@@ -17,6 +17,7 @@ import torch
 from eaas.engine.block_manager import BlockManager, blocks_for, chain_hashes
 from eaas.engine.kv_budget import default_kv_cache_bytes, num_blocks_in_budget
 from eaas.engine.kv_cache import KVCache, bytes_per_block, probe_layer_shapes
+from eaas.engine.kv_mirror import KVMirror
 from eaas.engine.model_runner import ModelRunner
 from eaas.engine.sampler import sample_next
 from eaas.engine.scheduler import Demand, ScheduleLimits, schedule
@@ -78,6 +79,9 @@ class LLMEngine:
         self.kv = KVCache(shapes, num_blocks, block_size)
         self.blocks = BlockManager(num_blocks, block_size)
         self.block_size = block_size
+        # attention reads running sequences from a dense copy instead of gathering blocks (kv_mirror.py);
+        # None: it gathers them
+        self.mirror: KVMirror | None = KVMirror(shapes, limits.max_num_seqs, model.max_positions)
         self.runner = ModelRunner(model, self.kv)
         # micro_batches > 1: split each step into disjoint sub-batches run in parallel threads, so one
         # computes attention while another waits on remote experts (MegaScale-Infer's ping-pong).
@@ -89,6 +93,8 @@ class LLMEngine:
         self.num_layers = model.config.num_hidden_layers
         self.export_block_size: int | None = None  # set: step outputs carry completed blocks of this many tokens
         self.num_preemptions = 0
+        self.num_started = 0            # requests that left the queue to run for the first time
+        self.num_preempted_waiting = 0  # of self.waiting, those that ran before (see queued_new)
         self._finish_requests: deque[Sequence] = deque()
 
     # --- requests -------------------------------------------------------------------------------
@@ -131,8 +137,15 @@ class LLMEngine:
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
-            self.waiting.remove(seq)
+            self._leave_queue(seq, to_run=False)
         self._finish(seq, "abort")
+
+    @property
+    def queued_new(self) -> int:
+        """Waiting requests that never ran (readable from any thread). Preempted ones wait at the head of
+        the queue but are not counted: they were admitted once, and a bound on arrivals must not refuse
+        new requests because running ones were preempted."""
+        return len(self.waiting) - self.num_preempted_waiting
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self._finish_requests)
@@ -211,7 +224,7 @@ class LLMEngine:
             return None
         self.blocks.grow(table, end)
         self._write_import(seq)
-        self.waiting.remove(seq)
+        self._leave_queue(seq, to_run=True)
         seq.status = Status.RUNNING
         self.running.append(seq)
         return end - seq.num_cached
@@ -232,11 +245,23 @@ class LLMEngine:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        self._forget_mirror(seq)
         self.blocks.release(seq.block_table)
         seq.num_cached = 0
         seq.status = Status.WAITING
+        seq.preempted = True
+        self.num_preempted_waiting += 1
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
+
+    def _leave_queue(self, seq: Sequence, to_run: bool) -> None:
+        # removed before the count drops: a reader on another thread may count one too few, never too many
+        self.waiting.remove(seq)
+        if seq.preempted:
+            seq.preempted = False
+            self.num_preempted_waiting -= 1
+        elif to_run:
+            self.num_started += 1
 
     def _cached_more(self, seq: Sequence, n: int) -> None:
         """After the forward: n more tokens cached; name the blocks that became full (prefix sharing)."""
@@ -259,17 +284,26 @@ class LLMEngine:
 
     def _forward(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
         """Last-token logits [B, V] of the batch, in micro-batches when configured."""
+        slots = [None] * len(batch)
+        if self.mirror is not None:  # here, before the micro-batch threads: staging may grow the mirror
+            slots = self.mirror.stage(self.kv, [s.seq_id for s in batch], [s.block_table for s in batch],
+                                      [s.num_cached for s in batch], counts)
         parts = split_evenly(len(batch), self.micro_batches)
-        jobs = [(batch[lo:hi], counts[lo:hi]) for lo, hi in parts]
+        jobs = [(batch[lo:hi], counts[lo:hi], slots[lo:hi]) for lo, hi in parts]
         if len(jobs) == 1:
             return self._forward_one(*jobs[0])
         return torch.cat(list(self._pool.map(lambda job: self._forward_one(*job), jobs)))
 
-    def _forward_one(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
+    def _forward_one(self, batch: list[Sequence], counts: list[int], slots: list) -> torch.Tensor:
         input_ids: list[int] = []
         for seq, n in zip(batch, counts):
             input_ids.extend(seq.token_ids[seq.num_cached:seq.num_cached + n])
-        return self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts)
+        return self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts,
+                                   mirror=self.mirror, slots=slots if self.mirror is not None else None)
+
+    def _forget_mirror(self, seq: Sequence) -> None:
+        if self.mirror is not None:
+            self.mirror.forget(seq.seq_id)
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
@@ -283,6 +317,7 @@ class LLMEngine:
         seq.status = Status.FINISHED
         seq.finish_reason = reason
         self.blocks.release(seq.block_table)
+        self._forget_mirror(seq)
         seq.pending_import = []
 
     # --- convenience ----------------------------------------------------------------------------
