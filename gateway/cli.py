@@ -51,9 +51,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "offers them, gRPC with the others; shm = slots required; grpc = gRPC only (default auto)")
     p.add_argument("--kv-cache-bytes", type=parse_bytes, metavar="BYTES",
                    help="KV cache budget, preallocated at start (e.g. 2GiB, 500MB, 1073741824); default: "
-                        f"{describe_default()}, capped at what --max-num-seqs full contexts can use".replace("%", "%%"))
+                        f"{describe_default()}, capped at what --max-num-seqs full contexts can use; attention "
+                        "also keeps a dense copy of the running sequences' KV (up to --max-num-seqs x the "
+                        "longest running context)".replace("%", "%%"))
     p.add_argument("--max-queued-requests", type=int, default=DEFAULT_MAX_QUEUED,
-                   help="requests that may wait for the engine; more are refused with HTTP 429 + Retry-After / "
+                   help="new requests that may wait for the engine (preempted ones are not counted); more are "
+                        "refused with HTTP 429 + Retry-After (from the queue's drain rate, 1..60 s) / "
                         f"gRPC RESOURCE_EXHAUSTED (default {DEFAULT_MAX_QUEUED})")
     p.add_argument("--no-prefix-cache", action="store_true", help="disable KV prefix caching in the MemPool")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")

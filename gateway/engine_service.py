@@ -2,8 +2,9 @@
 
 Requests arrive from gRPC/HTTP handlers on the event loop; the engine thread adds them to the engine
 between steps, runs one step at a time and posts each new token back to the request's asyncio queue.
-At most --max-queued-requests wait: beyond that a request is refused at once (QueueFull), so a flood
-costs neither memory nor time. Context caching and session resume go through an optional KV pool
+At most --max-queued-requests new requests wait (preempted ones, already admitted once, are not
+counted): beyond that a request is refused at once (QueueFull) with a Retry-After from the queue's
+drain rate (retry_after.py), so a flood costs neither memory nor time. Context caching and session resume go through an optional KV pool
 (eaas.mempool): a new request brings the longest cached prefix to the engine, and the blocks each step
 output carries are offered to the pool.
 """
@@ -22,6 +23,7 @@ from eaas.engine.llm_engine import LLMEngine, RequestError, RequestHandle, StepO
 from eaas.engine.sequence import SamplingParams, Sequence
 from eaas.gateway.detokenizer import IncrementalDetokenizer
 from eaas.gateway.metrics import GatewayMetrics
+from eaas.gateway.retry_after import DrainRate
 
 log = logging.getLogger("eaas.gateway")
 
@@ -37,7 +39,7 @@ class GenerationFailed(Exception):
 class QueueFull(GenerationFailed):
     """Refused on arrival: --max-queued-requests requests already wait (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
 
-    def __init__(self, queued: int, retry_after_s: int = 1):
+    def __init__(self, queued: int, retry_after_s: int):
         super().__init__("resource_exhausted", f"the gateway is at capacity: {queued} requests already queued; "
                                                f"retry in {retry_after_s} s")
         self.retry_after_s = retry_after_s
@@ -150,6 +152,8 @@ class EngineService:
         self._live: dict[int, _Request] = {}
         self._ended: deque[_Request] = deque()  # ended by their callers; forgotten once the engine freed them
         self._preemptions_seen = 0
+        self._started_seen = 0
+        self.drain = DrainRate()    # requests leaving the queue to run: Retry-After of a refusal
         self._thread = threading.Thread(target=self._run, name="eaas-engine", daemon=True)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -167,8 +171,9 @@ class EngineService:
 
     @property
     def queued(self) -> int:
-        """Requests waiting for the engine (not yet running, or preempted), as last seen from any thread."""
-        return self._inbox.qsize() + len(self.engine.waiting)
+        """Requests waiting for the engine that never ran, as last seen from any thread (preempted ones
+        are not counted: see LLMEngine.queued_new)."""
+        return self._inbox.qsize() + self.engine.queued_new
 
     @property
     def alive(self) -> bool:
@@ -204,7 +209,7 @@ class EngineService:
         queued = self.queued  # counted with no await before the put: arrivals cannot all pass at once
         if queued >= self.max_queued_requests:
             self.metrics.requests_refused.inc()
-            raise QueueFull(queued)
+            raise QueueFull(queued, self.drain.retry_after_s(queued))
         self.metrics.requests_started()
         self._inbox.put(req)
         self._wake.set()
@@ -259,6 +264,8 @@ class EngineService:
         e = self.engine
         self.metrics.set_queue(len(e.waiting) + self._inbox.qsize(), len(e.running))
         self.metrics.set_kv_blocks(e.blocks.num_used, e.blocks.num_free)
+        self.drain.record(e.num_started - self._started_seen)
+        self._started_seen = e.num_started
         if e.num_preemptions > self._preemptions_seen:
             self.metrics.preemptions.inc(e.num_preemptions - self._preemptions_seen)
             self._preemptions_seen = e.num_preemptions
@@ -321,7 +328,9 @@ class EngineService:
     def _offer_new_blocks(self, req: _Request, out: StepOutput) -> None:
         """Give the pool the blocks this step completed, without waiting: the write runs on the pool's
         thread while the engine steps on (a stalled Redis stalls no batch). A write the pool's full
-        backlog refuses is dropped: the pool is a cache."""
+        backlog refuses is dropped, counted as eaas_mempool_errors_total{kind="backlog"}: the pool is a
+        cache, and keeping refused blocks to offer again would grow memory with every request while the
+        store is slow, which is what the backlog bound prevents."""
         if self.kv_pool is None or not out.new_blocks:
             return
         full = out.first_block + len(out.new_blocks)

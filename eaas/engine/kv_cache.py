@@ -76,9 +76,18 @@ class KVCache:
 class PagedBatch:
     """Duck-types transformers' Cache.update for one packed forward over several sequences."""
 
-    def __init__(self, cache: KVCache, layout: BatchLayout, tables: list[list[int]]):
+    def __init__(self, cache: KVCache, layout: BatchLayout, tables: list[list[int]], mirror=None,
+                 slots: list[int] | None = None):
+        """mirror, slots: a KVMirror that staged this batch in `slots` (kv_mirror.py); attention then reads
+        it instead of gathering blocks."""
         self.cache = cache
         self.layout = layout
+        self.mirror = mirror
+        if mirror is not None:
+            self.token_slots = torch.tensor(slots, dtype=torch.long).repeat_interleave(torch.tensor(layout.new))
+            lo = slots[0]
+            self.slot_range = slice(lo, lo + len(slots)) if slots == list(range(lo, lo + len(slots))) else None
+            self.batch_slots = torch.tensor(slots, dtype=torch.long)
         bs = cache.block_size
         # plain Python for these few hundred indices: cheaper than a dozen small tensor ops every step
         rows = []
@@ -94,8 +103,21 @@ class PagedBatch:
         kc, vc = self.cache.layers[layer_idx]
         kc.index_copy_(0, self.write_rows, key_states[0].transpose(0, 1))  # [T, heads, dim]
         vc.index_copy_(0, self.write_rows, value_states[0].transpose(0, 1))
+        if self.mirror is not None:
+            return self._mirrored(key_states, value_states, layer_idx)
         kb, vb = self.cache.blocks[layer_idx]
         return self._context(kb), self._context(vb)
+
+    def _mirrored(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int):
+        """The new rows into the mirror too; [B, heads, max_context, dim] views of it (a copy if the slots
+        are not consecutive)."""
+        mk, mv = self.mirror.layers[layer_idx]
+        pos, n = self.layout.positions, self.layout.max_context
+        mk[self.token_slots, :, pos] = key_states[0].transpose(0, 1)
+        mv[self.token_slots, :, pos] = value_states[0].transpose(0, 1)
+        if self.slot_range is not None:
+            return mk[self.slot_range, :, :n], mv[self.slot_range, :, :n]
+        return mk[:, :, :n].index_select(0, self.batch_slots), mv[:, :, :n].index_select(0, self.batch_slots)
 
     def _context(self, blocks: torch.Tensor) -> torch.Tensor:
         """[B, heads, max_context, dim]: every sequence's cached tokens, gathered block by block."""

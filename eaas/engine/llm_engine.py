@@ -17,6 +17,7 @@ import torch
 from eaas.engine.block_manager import BlockManager, blocks_for, chain_hashes
 from eaas.engine.kv_budget import default_kv_cache_bytes, num_blocks_in_budget
 from eaas.engine.kv_cache import KVCache, bytes_per_block, probe_layer_shapes
+from eaas.engine.kv_mirror import KVMirror
 from eaas.engine.logprobs import TokenLogprobs, prompt_rows, prompt_token_logprobs, token_logprobs
 from eaas.engine.model_runner import ModelRunner
 from eaas.engine.sampler import apply_penalties, forbid_tokens, sample_next
@@ -85,6 +86,9 @@ class LLMEngine:
         self.kv = KVCache(shapes, num_blocks, block_size)
         self.blocks = BlockManager(num_blocks, block_size)
         self.block_size = block_size
+        # attention reads running sequences from a dense copy instead of gathering blocks (kv_mirror.py);
+        # None: it gathers them
+        self.mirror: KVMirror | None = KVMirror(shapes, limits.max_num_seqs, model.max_positions)
         self.runner = ModelRunner(model, self.kv)
         # micro_batches > 1: split each step into disjoint sub-batches run in parallel threads, so one
         # computes attention while another waits on remote experts (MegaScale-Infer's ping-pong).
@@ -96,6 +100,8 @@ class LLMEngine:
         self.num_layers = model.config.num_hidden_layers
         self.export_block_size: int | None = None  # set: step outputs carry completed blocks of this many tokens
         self.num_preemptions = 0
+        self.num_started = 0            # requests that left the queue to run for the first time
+        self.num_preempted_waiting = 0  # of self.waiting, those that ran before (see queued_new)
         self._finish_requests: deque[Sequence] = deque()
 
     # --- requests -------------------------------------------------------------------------------
@@ -138,8 +144,15 @@ class LLMEngine:
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
-            self.waiting.remove(seq)
+            self._leave_queue(seq, to_run=False)
         self._finish(seq, "abort")
+
+    @property
+    def queued_new(self) -> int:
+        """Waiting requests that never ran (readable from any thread). Preempted ones wait at the head of
+        the queue but are not counted: they were admitted once, and a bound on arrivals must not refuse
+        new requests because running ones were preempted."""
+        return len(self.waiting) - self.num_preempted_waiting
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self._finish_requests)
@@ -234,7 +247,7 @@ class LLMEngine:
             return None
         self.blocks.grow(table, end)
         self._write_import(seq)
-        self.waiting.remove(seq)
+        self._leave_queue(seq, to_run=True)
         seq.status = Status.RUNNING
         self.running.append(seq)
         return end - seq.num_cached
@@ -255,11 +268,23 @@ class LLMEngine:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        self._forget_mirror(seq)
         self.blocks.release(seq.block_table)
         seq.num_cached = 0
         seq.status = Status.WAITING
+        seq.preempted = True
+        self.num_preempted_waiting += 1
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
+
+    def _leave_queue(self, seq: Sequence, to_run: bool) -> None:
+        # removed before the count drops: a reader on another thread may count one too few, never too many
+        self.waiting.remove(seq)
+        if seq.preempted:
+            seq.preempted = False
+            self.num_preempted_waiting -= 1
+        elif to_run:
+            self.num_started += 1
 
     def _cached_more(self, seq: Sequence, n: int) -> None:
         """After the forward: n more tokens cached; name the blocks that became full (prefix sharing)."""
@@ -288,23 +313,28 @@ class LLMEngine:
 
     def _forward(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
         """Last-token logits [B, V] of the batch, in micro-batches when configured."""
+        slots = [None] * len(batch)
+        if self.mirror is not None:  # here, before the micro-batch threads: staging may grow the mirror
+            slots = self.mirror.stage(self.kv, [s.seq_id for s in batch], [s.block_table for s in batch],
+                                      [s.num_cached for s in batch], counts)
         parts = split_evenly(len(batch), self.micro_batches)
-        jobs = [(batch[lo:hi], counts[lo:hi]) for lo, hi in parts]
+        jobs = [(batch[lo:hi], counts[lo:hi], slots[lo:hi]) for lo, hi in parts]
         if len(jobs) == 1:
             return self._forward_one(*jobs[0])
         return torch.cat(list(self._pool.map(lambda job: self._forward_one(*job), jobs)))
 
-    def _forward_one(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
+    def _forward_one(self, batch: list[Sequence], counts: list[int], slots: list) -> torch.Tensor:
         input_ids: list[int] = []
         for seq, n in zip(batch, counts):
             input_ids.extend(seq.token_ids[seq.num_cached:seq.num_cached + n])
         scored = [prompt_rows(s.num_cached, n, len(s.prompt_ids), len(s.prompt_logprobs)) if s.scoring_prompt
                   else range(0) for s, n in zip(batch, counts)]
         if not any(scored):
-            return self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts)
-        return self._forward_scoring_prompts(batch, counts, input_ids, scored)
+            return self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts,
+                                       mirror=self.mirror, slots=slots if self.mirror is not None else None)
+        return self._forward_scoring_prompts(batch, counts, slots, input_ids, scored)
 
-    def _forward_scoring_prompts(self, batch: list[Sequence], counts: list[int], input_ids: list[int],
+    def _forward_scoring_prompts(self, batch: list[Sequence], counts: list[int], slots: list, input_ids: list[int],
                                  scored: list[range]) -> torch.Tensor:
         """A forward that also returns the logits of the prompt rows in `scored` (chunk-local per sequence),
         turned into prompt logprobs on the sequences; returns the last-token logits [B, V] as usual."""
@@ -315,13 +345,18 @@ class LLMEngine:
             rows.append(offset + n - 1)
             offset += n
         logits = self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts,
-                                     rows=torch.tensor(rows, dtype=torch.long))
+                                     rows=torch.tensor(rows, dtype=torch.long), mirror=self.mirror,
+                                     slots=slots if self.mirror is not None else None)
         for seq, chunk_rows, end in zip(batch, scored, last):
             if chunk_rows:
                 nxt = [seq.prompt_ids[seq.num_cached + j + 1] for j in chunk_rows]
                 seq.prompt_logprobs += prompt_token_logprobs(logits[end - len(chunk_rows):end], nxt,
                                                              seq.params.prompt_logprobs)
         return logits[torch.tensor(last, dtype=torch.long)]
+
+    def _forget_mirror(self, seq: Sequence) -> None:
+        if self.mirror is not None:
+            self.mirror.forget(seq.seq_id)
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
@@ -335,6 +370,7 @@ class LLMEngine:
         seq.status = Status.FINISHED
         seq.finish_reason = reason
         self.blocks.release(seq.block_table)
+        self._forget_mirror(seq)
         seq.pending_import = []
 
     # --- convenience ----------------------------------------------------------------------------

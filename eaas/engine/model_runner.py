@@ -22,15 +22,17 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, input_ids: list[int], tables: list[list[int]], cached: list[int], new_counts: list[int],
-                all_logits: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
+                all_logits: bool = False, rows: torch.Tensor | None = None, mirror=None,
+                slots: list[int] | None = None) -> torch.Tensor:
         """Feed each sequence's new tokens (packed in order) after its `cached` ones; tables[i] (sequence i's
         block table) already holds blocks for all of them.
 
+        mirror, slots: the KVMirror that staged this batch, and its slots (None: attention gathers blocks).
         Returns logits [B, V] of each sequence's last new token (or [T, V] of every token if all_logits, or of
         the packed token indices `rows`).
         """
         layout = BatchLayout(cached, new_counts)
-        cache = PagedBatch(self.kv, layout, tables)
+        cache = PagedBatch(self.kv, layout, tables, mirror, slots)
         ids = torch.tensor(input_ids, dtype=torch.long).unsqueeze(0)
         positions = layout.positions.unsqueeze(0)
         h = self.embed(ids)

@@ -97,6 +97,7 @@ class Sequence:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     block_table: list[int] = field(default_factory=list)  # KV blocks, in token order (empty while waiting)
     num_cached: int = 0               # leading tokens whose KV is in those blocks
+    preempted: bool = False           # waiting again after it ran (its KV freed, to be recomputed)
     block_names: list[bytes] = field(default_factory=list)  # chain hashes of its full blocks, computed so far
     pending_import: list = field(default_factory=list)      # MemPool blocks, written in on admission
     imported_tokens: int = 0          # prompt tokens whose KV came from the MemPool

@@ -65,7 +65,7 @@ class SyncKVPool:
     def insert_in_background(self, token_ids: list[int], blocks: list[Block | None]
                              ) -> concurrent.futures.Future | None:
         """Start an insert and return at once: a future of the blocks stored (0 on failure or after timeout_s),
-        or None when max_pending inserts are already queued (the caller may offer the blocks again later)."""
+        or None when max_pending inserts are already queued (counted as errors{kind="backlog"})."""
         with self._pending_lock:
             if self._pending >= self.max_pending:
                 self.pool.metrics.errors.labels(kind="backlog").inc()

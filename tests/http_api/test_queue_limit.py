@@ -59,9 +59,11 @@ async def test_a_full_queue_answers_429_with_retry_after_and_the_queued_request_
 
         resp = await client.post("/v1/completions", json={**QUEUED, "stream": True})
         assert resp.status == 429
-        assert resp.headers["Retry-After"] == "1"
+        wait = int(resp.headers["Retry-After"])  # one request left the queue (the running one) in the last seconds
+        assert 1 <= wait <= 60
         err = (await resp.json())["error"]
         assert err["type"] == "rate_limit_error" and err["code"] == "queue_full" and "1 requests already queued" in err["message"]
+        assert f"retry in {wait} s" in err["message"]
         assert refused() - before == 1
 
         running.close()  # the long one's client leaves: the queued one runs
@@ -135,3 +137,24 @@ async def test_simultaneous_arrivals_cannot_overfill_the_queue(tiny_model_dir):
         assert await wait_until(lambda: svc.busy == 0)
         svc.stop()
         pool.close()
+
+
+async def test_preempted_sequences_do_not_fill_the_queue_bound(tiny_model_dir):
+    """A KV budget that preempts: the preempted wait again, but --max-queued-requests counts only requests
+    that never ran, so preemption alone never turns a new arrival into a 429."""
+    probe = monolithic_engine(tiny_model_dir, kv_cache_bytes=1, block_size=4)  # one block: its size in bytes
+    engine = monolithic_engine(tiny_model_dir, kv_cache_bytes=8 * probe.kv.nbytes, block_size=4)
+    svc = EngineService(engine, None, max_queued_requests=1)  # not started: the test steps the engine itself
+    for i in range(4):
+        engine.add_request([i + 1] * 6, SamplingParams(max_tokens=12, ignore_eos=True))
+    engine.step()  # all four fit their prompts (2 blocks each) and start
+    assert len(engine.running) == 4 and svc.queued == 0
+    while engine.num_preemptions == 0:
+        engine.step()  # decoding grows them past 8 blocks: the newest are preempted
+    assert engine.waiting and all(s.preempted for s in engine.waiting)
+    assert svc.queued == 0  # room for a new request
+    engine.add_request([9] * 6, SamplingParams(max_tokens=2))
+    assert svc.queued == 1
+    while engine.has_unfinished():
+        engine.step()
+    assert svc.queued == 0 and engine.num_preempted_waiting == 0 and engine.num_started == 5
