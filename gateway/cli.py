@@ -52,8 +52,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-bytes", type=parse_bytes, metavar="BYTES",
                    help="KV cache budget, preallocated at start (e.g. 2GiB, 500MB, 1073741824); default: "
                         f"{describe_default()}, capped at what --max-num-seqs full contexts can use; attention "
-                        "also keeps a dense copy of the running sequences' KV (up to --max-num-seqs x the "
-                        "longest running context)".replace("%", "%%"))
+                        "also keeps a dense copy of the running sequences' KV, never larger than the budget "
+                        "(a batch that would need more gathers its blocks)".replace("%", "%%"))
     p.add_argument("--max-queued-requests", type=int, default=DEFAULT_MAX_QUEUED,
                    help="new requests that may wait for the engine (preempted ones are not counted); more are "
                         "refused with HTTP 429 + Retry-After (from the queue's drain rate, 1..60 s) / "

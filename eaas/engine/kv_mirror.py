@@ -7,8 +7,9 @@ so the running sequences also live here, per layer K and V of [slots, heads, cap
 takes a slot when it starts running and has its cached rows copied in once; every forward writes its new
 rows into both places; attention reads slots lo..lo+B-1 as a view (the usual step: slots are handed out
 lowest first, in batch order), or one index_select of the batch's slots otherwise.
-Size: slots and capacity double on demand, up to max_num_seqs and the model's context: at most
-max_num_seqs x the longest running context x bytes per token, on top of the block budget.
+Size: slots and capacity double on demand, up to max_num_seqs and the model's context, and never past
+max_bytes (the engine passes the block pool's own size, so KV memory stays within twice --kv-cache-bytes);
+a batch that would need more is not staged (stage returns None) and attention gathers its blocks instead.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from eaas.engine.kv_cache import KVCache, LayerShape
 
 
 class KVMirror:
-    def __init__(self, shapes: list[LayerShape], max_slots: int, max_positions: int, device="cpu"):
+    def __init__(self, shapes: list[LayerShape], max_slots: int, max_positions: int, device="cpu",
+                 max_bytes: int | None = None):
         self.shapes = shapes
+        self.max_bytes = max_bytes
+        self.bytes_per_row = sum(s.k_heads * s.k_dim * s.dtype.itemsize + s.v_heads * s.v_dim * s.dtype.itemsize
+                                 for s in shapes)  # one token in one slot, all layers
         self.max_slots = max_slots
         self.max_positions = max_positions
         self.device = device
@@ -46,11 +51,15 @@ class KVMirror:
 
     @torch.inference_mode()
     def stage(self, kv: KVCache, seq_ids: list[int], tables: list[list[int]], cached: list[int],
-              new: list[int]) -> list[int]:
+              new: list[int]) -> list[int] | None:
         """Slots of a batch about to run, with every cached row in place. Call on the engine's thread,
-        before the forward (micro-batches then write disjoint slots); it may grow the tensors."""
-        self._grow(len(self.slot_of) + sum(1 for s in seq_ids if s not in self.slot_of),
-                   max(c + n for c, n in zip(cached, new)))
+        before the forward (micro-batches then write disjoint slots); it may grow the tensors.
+        None: the batch would take the mirror past max_bytes; nothing changed, gather its blocks instead."""
+        slots_needed = len(self.slot_of) + sum(1 for s in seq_ids if s not in self.slot_of)
+        tokens = max(c + n for c, n in zip(cached, new))
+        if self.max_bytes is not None and self._sized(slots_needed, tokens) * self.bytes_per_row > self.max_bytes:
+            return None
+        self._grow(slots_needed, tokens)
         slots = []
         for seq_id, table, c, n in zip(seq_ids, tables, cached, new):
             if seq_id not in self.slot_of:
@@ -69,15 +78,25 @@ class KVMirror:
             mk[slot, :, lo:hi] = kc.index_select(0, rows).transpose(0, 1)
             mv[slot, :, lo:hi] = vc.index_select(0, rows).transpose(0, 1)
 
-    def _grow(self, slots: int, tokens: int) -> None:
+    def _sized(self, slots: int, tokens: int) -> int:
+        """Slot-rows (slots x capacity) the tensors would have after growing to hold slots x tokens."""
         if slots <= self.num_slots and tokens <= self.capacity:
-            return
+            return self.num_slots * self.capacity
+        new_slots, cap = self._grown_shape(slots, tokens)
+        return new_slots * cap
+
+    def _grown_shape(self, slots: int, tokens: int) -> tuple[int, int]:
         new_slots, cap = max(self.num_slots, 1), max(self.capacity, 64)
         while new_slots < slots:
             new_slots *= 2
         while cap < tokens:
             cap *= 2
-        new_slots, cap = min(new_slots, self.max_slots), min(cap, max(self.max_positions, tokens))
+        return min(new_slots, self.max_slots), min(cap, max(self.max_positions, tokens))
+
+    def _grow(self, slots: int, tokens: int) -> None:
+        if slots <= self.num_slots and tokens <= self.capacity:
+            return
+        new_slots, cap = self._grown_shape(slots, tokens)
         if self.layers:
             grown = []
             for k, v in self.layers:

@@ -88,7 +88,8 @@ class LLMEngine:
         self.block_size = block_size
         # attention reads running sequences from a dense copy instead of gathering blocks (kv_mirror.py);
         # None: it gathers them
-        self.mirror: KVMirror | None = KVMirror(shapes, limits.max_num_seqs, model.max_positions)
+        self.mirror: KVMirror | None = KVMirror(shapes, limits.max_num_seqs, model.max_positions,
+                                                max_bytes=self.kv.nbytes)
         self.runner = ModelRunner(model, self.kv)
         # micro_batches > 1: split each step into disjoint sub-batches run in parallel threads, so one
         # computes attention while another waits on remote experts (MegaScale-Infer's ping-pong).
@@ -313,17 +314,19 @@ class LLMEngine:
 
     def _forward(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
         """Last-token logits [B, V] of the batch, in micro-batches when configured."""
-        slots = [None] * len(batch)
+        staged = None
         if self.mirror is not None:  # here, before the micro-batch threads: staging may grow the mirror
-            slots = self.mirror.stage(self.kv, [s.seq_id for s in batch], [s.block_table for s in batch],
-                                      [s.num_cached for s in batch], counts)
+            staged = self.mirror.stage(self.kv, [s.seq_id for s in batch], [s.block_table for s in batch],
+                                       [s.num_cached for s in batch], counts)
+        mirror = self.mirror if staged is not None else None  # None: over the mirror's cap, gather blocks
+        slots = staged if staged is not None else [None] * len(batch)
         parts = split_evenly(len(batch), self.micro_batches)
-        jobs = [(batch[lo:hi], counts[lo:hi], slots[lo:hi]) for lo, hi in parts]
+        jobs = [(batch[lo:hi], counts[lo:hi], slots[lo:hi], mirror) for lo, hi in parts]
         if len(jobs) == 1:
             return self._forward_one(*jobs[0])
         return torch.cat(list(self._pool.map(lambda job: self._forward_one(*job), jobs)))
 
-    def _forward_one(self, batch: list[Sequence], counts: list[int], slots: list) -> torch.Tensor:
+    def _forward_one(self, batch: list[Sequence], counts: list[int], slots: list, mirror) -> torch.Tensor:
         input_ids: list[int] = []
         for seq, n in zip(batch, counts):
             input_ids.extend(seq.token_ids[seq.num_cached:seq.num_cached + n])
@@ -331,11 +334,11 @@ class LLMEngine:
                   else range(0) for s, n in zip(batch, counts)]
         if not any(scored):
             return self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts,
-                                       mirror=self.mirror, slots=slots if self.mirror is not None else None)
-        return self._forward_scoring_prompts(batch, counts, slots, input_ids, scored)
+                                       mirror=mirror, slots=slots if mirror is not None else None)
+        return self._forward_scoring_prompts(batch, counts, slots, mirror, input_ids, scored)
 
-    def _forward_scoring_prompts(self, batch: list[Sequence], counts: list[int], slots: list, input_ids: list[int],
-                                 scored: list[range]) -> torch.Tensor:
+    def _forward_scoring_prompts(self, batch: list[Sequence], counts: list[int], slots: list, mirror,
+                                 input_ids: list[int], scored: list[range]) -> torch.Tensor:
         """A forward that also returns the logits of the prompt rows in `scored` (chunk-local per sequence),
         turned into prompt logprobs on the sequences; returns the last-token logits [B, V] as usual."""
         rows, last, offset = [], [], 0
@@ -345,8 +348,8 @@ class LLMEngine:
             rows.append(offset + n - 1)
             offset += n
         logits = self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts,
-                                     rows=torch.tensor(rows, dtype=torch.long), mirror=self.mirror,
-                                     slots=slots if self.mirror is not None else None)
+                                     rows=torch.tensor(rows, dtype=torch.long), mirror=mirror,
+                                     slots=slots if mirror is not None else None)
         for seq, chunk_rows, end in zip(batch, scored, last):
             if chunk_rows:
                 nxt = [seq.prompt_ids[seq.num_cached + j + 1] for j in chunk_rows]

@@ -24,6 +24,7 @@ def test_mirror_gives_the_tokens_of_the_block_gather_with_preemption_and_prefix_
     prompts, params = mixed_requests()
     expected, _ = run_counting_peak(without_mirror(engine_with_blocks(mixtral_dir, 16)), prompts, params)
     tight = engine_with_blocks(mixtral_dir, 16)
+    tight.mirror.max_bytes = None  # uncapped: this test is about preempted sequences in the mirror
     got, _ = run_counting_peak(tight, prompts, params)
     assert tight.num_preemptions > 0  # preempted sequences come back to a fresh slot and copy their prefix in
     assert got == expected
@@ -39,3 +40,22 @@ def test_mirror_serves_a_request_joining_mid_run_and_micro_batches(mixtral_dir):
     engine = monolithic_engine(mixtral_dir, limits=limits, micro_batches=2)
     assert engine.generate(prompts, params) == expected
     assert engine.mirror.num_slots <= 4 and engine.mirror.slot_of == {}
+
+
+def test_a_batch_over_the_mirror_cap_gathers_blocks_and_the_mirror_stays_within_it(mixtral_dir):
+    from eaas.engine.scheduler import ScheduleLimits
+
+    prompts, params = mixed_requests()
+    prompts = prompts + [[11] * 70]  # its context needs a capacity of 128 rows: over the cap below
+    limits = ScheduleLimits(max_num_seqs=3, max_batched_tokens=16)
+    expected = without_mirror(monolithic_engine(mixtral_dir, limits=limits)).generate(prompts, params)
+    engine = monolithic_engine(mixtral_dir, limits=limits)
+    cap = 4 * 64 * engine.mirror.bytes_per_row  # 4 slots x 64 rows
+    engine.mirror.max_bytes = cap
+    outcomes = []
+    stage = engine.mirror.stage
+    engine.mirror.stage = lambda *a: outcomes.append(stage(*a)) or outcomes[-1]
+    assert engine.generate(prompts, params) == expected
+    assert None in outcomes and any(o is not None for o in outcomes)  # both paths ran, in one run
+    assert 0 < engine.mirror.nbytes <= cap
+    assert engine.mirror.slot_of == {}
