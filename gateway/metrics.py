@@ -31,6 +31,9 @@ class GatewayMetrics:
                                        "Running sequences preempted (KV freed, recomputed later) for lack of KV blocks"),
                 "refused": Counter("eaas_gateway_requests_refused_total",
                                    "Requests refused on arrival because the queue was full (HTTP 429, RESOURCE_EXHAUSTED)"),
+                "stalled": Counter("eaas_gateway_stalled_streams_total",
+                                   "Streams aborted (KV freed) because the client read none of their output for "
+                                   "--stall-timeout seconds", ["api"]),
             }
         m = GatewayMetrics._shared
         self.requests, self.in_progress = m["requests"], m["in_progress"]
@@ -38,7 +41,8 @@ class GatewayMetrics:
         self.waiting, self.running = m["waiting"], m["running"]
         self.prefill_tokens_reused = m["reused"]
         self.kv_blocks_used, self.kv_blocks_free = m["kv_used"], m["kv_free"]
-        self.preemptions, self.requests_refused = m["preemptions"], m["refused"]  # per-expert routing: eaas_gateway_tokens_routed_total (remote backend)
+        self.preemptions, self.requests_refused = m["preemptions"], m["refused"]
+        self.stalled_streams = m["stalled"]  # per-expert routing: eaas_gateway_tokens_routed_total (remote backend)
 
     def requests_started(self) -> None:
         self.in_progress.inc()

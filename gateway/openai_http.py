@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eaas.engine.llm_engine import RequestError
 from eaas.gateway.auth import http_api_key_middleware
+from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S, ClientStalled, write_or_stall
 from eaas.gateway.engine_service import EngineService, GenerationFailed, QueueFull, TokenEvent, TokenStream
 from eaas.gateway.openai_protocol import (
     InvalidRequest,
@@ -65,9 +66,11 @@ COMPLETIONS = Endpoint("cmpl", "text_completion", completion_body, completion_ch
 CHAT = Endpoint("chatcmpl", "chat.completion.chunk", chat_body, chat_chunk, lambda h: [chat_role_chunk(h)])
 
 
-def build_http_app(service: EngineService, model_name: str, api_key: str | None = None) -> web.Application:
-    """api_key: every route but /health and /metrics needs `Authorization: Bearer <api_key>`."""
-    api = OpenAIHandlers(service, model_name)
+def build_http_app(service: EngineService, model_name: str, api_key: str | None = None,
+                   stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> web.Application:
+    """api_key: every route but /health and /metrics needs `Authorization: Bearer <api_key>`.
+    stall_timeout_s: a stream whose client reads nothing for this long is aborted (gateway/stall.py)."""
+    api = OpenAIHandlers(service, model_name, stall_timeout_s)
     auth = [http_api_key_middleware(api_key)] if api_key else []
     app = web.Application(middlewares=[*auth, openai_errors], client_max_size=MAX_BODY_BYTES)
     app.add_routes([
@@ -129,9 +132,10 @@ async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
 
 
 class OpenAIHandlers:
-    def __init__(self, service: EngineService, model_name: str):
+    def __init__(self, service: EngineService, model_name: str, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
         self.service = service
         self.model_name = model_name
+        self.stall_timeout_s = stall_timeout_s
         self.created = int(time.time())
 
     async def models(self, request: web.Request) -> web.Response:
@@ -167,7 +171,12 @@ class OpenAIHandlers:
         # Closing the event stream aborts its generation: on a stop string, an error or a client that left.
         async with contextlib.aclosing(self.service.generate(prompt_ids, params, header.id)) as events:
             if req.stream:
-                return await _stream(request, events, req, header, endpoint, len(prompt_ids))
+                response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+
+                def write(data: bytes):
+                    return write_or_stall(response.write(data), self.stall_timeout_s, self.service.metrics, "http",
+                                          header.id)
+                return await _stream(request, response, write, events, req, header, endpoint, len(prompt_ids))
             return await _collect(request, events, req, header, endpoint, len(prompt_ids))
 
 
@@ -188,35 +197,38 @@ async def _collect(request: web.Request, events: TokenStream, req: ParsedRequest
     return web.json_response(endpoint.body(header, "".join(texts), token_ids, finish_reason, usage))
 
 
-async def _stream(request: web.Request, events: TokenStream, req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
+async def _stream(request: web.Request, response: web.StreamResponse, write, events: TokenStream,
+                  req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
                   prompt_tokens: int) -> web.StreamResponse:
-    """Server-sent events; the response starts with the first token, so that bad input still gets a 400."""
+    """Server-sent events; the response starts with the first token, so that bad input still gets a 400.
+    `write(bytes)`: the response's write, bounded by the stall timeout."""
     cutter = StopStringCutter(req.stop)
-    response, completion_tokens = None, 0
+    completion_tokens = 0
     try:
         async for event in events:
             text, finish_reason = cutter.next_piece(event.text, event.finish_reason)
             completion_tokens += len(event.token_ids)
-            if response is None:
-                response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                                       "Cache-Control": "no-cache"})
+            if not response.prepared:
                 await response.prepare(request)
                 for chunk in endpoint.opening_chunks(header):
-                    await _send_event(response, chunk)
-            await _send_event(response, endpoint.chunk(header, text, event.token_ids, finish_reason))
+                    await write(_event(chunk))
+            await write(_event(endpoint.chunk(header, text, event.token_ids, finish_reason)))
             if _cut_by_stop_string(finish_reason, event):
                 events.finish()
                 break
         if req.include_usage:
-            await _send_event(response, usage_chunk(header, endpoint.chunk_object,
-                                                    usage_body(prompt_tokens, completion_tokens)))
-        await response.write(b"data: [DONE]\n\n")
+            await write(_event(usage_chunk(header, endpoint.chunk_object, usage_body(prompt_tokens, completion_tokens))))
+        await write(b"data: [DONE]\n\n")
     except GenerationFailed as exc:
-        if response is None:
+        if not response.prepared:
             raise  # nothing sent yet: a plain error response
-        await _send_event(response, error_body(str(exc), error_type="server_error", code=exc.code))
+        await write(_event(error_body(str(exc), error_type="server_error", code=exc.code)))
     except ConnectionResetError:  # the client left; leaving the loop aborts the generation
         log.info("client closed the stream of %s", header.id)
+        return response
+    except ClientStalled:  # leaving the loop aborts the generation; the connection goes too
+        if request.transport is not None:
+            request.transport.abort()
         return response
     await response.write_eof()
     return response
@@ -228,8 +240,8 @@ def _cut_by_stop_string(finish_reason: str | None, event: TokenEvent) -> bool:
     return finish_reason is not None and event.finish_reason is None
 
 
-async def _send_event(response: web.StreamResponse, payload: dict) -> None:
-    await response.write(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+def _event(payload: dict) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 async def _json_body(request: web.Request):
