@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eaas.engine.llm_engine import RequestError
 from eaas.gateway.auth import http_api_key_middleware
-from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S, ClientStalled, write_or_stall
+from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S, ClientStalled, bound_stream_buffers, write_or_stall
 from eaas.gateway.engine_service import EngineService, GenerationFailed, QueueFull, TokenEvent, TokenStream
 from eaas.gateway.openai_protocol import (
     InvalidRequest,
@@ -210,6 +210,8 @@ async def _stream(request: web.Request, response: web.StreamResponse, write, eve
             completion_tokens += len(event.token_ids)
             if not response.prepared:
                 await response.prepare(request)
+                if request.transport is not None:
+                    bound_stream_buffers(request.transport)
                 for chunk in endpoint.opening_chunks(header):
                     await write(_event(chunk))
             await write(_event(endpoint.chunk(header, text, event.token_ids, finish_reason)))
