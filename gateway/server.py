@@ -214,6 +214,9 @@ class Gateway:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([GATEWAY_SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
         serve_tls = o.tls is not None and o.tls.has_identity
+        if serve_tls and self._expert_tls() is None:
+            log.warning("clients get TLS but expert servers are reached in plaintext: give --tls-ca-file for "
+                        "mutual TLS to them")
         try:
             grpc_port = (server.add_secure_port(f"{o.host}:{o.grpc_port}",
                                                 grpc_server_credentials(o.tls, require_client_cert=False))

@@ -13,7 +13,8 @@ import socket
 import struct
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, SETTINGS = 0x0, 0x1, 0x4
+DATA, HEADERS, RST_STREAM, SETTINGS = 0x0, 0x1, 0x3, 0x4
+REFUSED_STREAM = 0x7
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE = 0x3, 0x4
 
@@ -76,6 +77,13 @@ class RawH2:
             ("content-type", "application/grpc"), ("te", "trailers")])
         self.sock.sendall(frame(HEADERS, END_HEADERS, stream, block)
                           + frame(DATA, END_STREAM, stream, b"\x00" + struct.pack(">I", len(message)) + message))
+
+    def reset_code(self, stream: int) -> int:
+        """Read frames until the server resets `stream`; its error code."""
+        while True:
+            kind, _, sid, payload = self._read_frame()
+            if kind == RST_STREAM and sid == stream:
+                return int.from_bytes(payload[:4], "big")
 
     def close(self) -> None:
         self.sock.close()

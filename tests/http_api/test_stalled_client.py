@@ -12,7 +12,7 @@ import time
 import pytest
 from gateway_grpc import grpc_gateway
 from prometheus_client import REGISTRY
-from raw_clients import SETTINGS_MAX_CONCURRENT_STREAMS, RawH2, stalled_http_stream
+from raw_clients import REFUSED_STREAM, SETTINGS_MAX_CONCURRENT_STREAMS, RawH2, stalled_http_stream
 
 from eaas.client import AsyncClient
 from eaas.protos import gateway_pb2
@@ -79,10 +79,17 @@ async def test_grpc_client_that_never_reads_is_aborted_and_its_kv_freed(service)
 
 
 @pytest.mark.asyncio
-async def test_grpc_server_announces_its_per_connection_stream_limit(service):
+async def test_grpc_streams_per_connection_are_limited(service):
+    """The limit is announced; a client that opens one stream more anyway has that stream refused."""
     async with grpc_gateway(service, max_concurrent_streams=3) as address:
-        h2 = await asyncio.to_thread(RawH2, int(address.rsplit(":", 1)[1]), 65535)
+        h2 = await asyncio.to_thread(RawH2, int(address.rsplit(":", 1)[1]), 64)
         try:
             assert h2.server_settings.get(SETTINGS_MAX_CONCURRENT_STREAMS) == 3
+            request = gateway_pb2.GenerateRequest(prompt_ids=PROMPT, max_tokens=MAX_TOKENS, ignore_eos=True)
+            for stream in (1, 3, 5, 7):  # three held open (their window stays shut), a fourth
+                await asyncio.to_thread(h2.start_call, stream, "/eaas.v1.Gateway/Generate",
+                                        request.SerializeToString())
+            assert await asyncio.to_thread(h2.reset_code, 7) == REFUSED_STREAM
         finally:
             h2.close()
+        await _until(lambda: service.busy == 0, what="the three held streams ended with their connection")
