@@ -39,8 +39,9 @@ class ClientStalled(Exception):
 async def write_or_stall(write, timeout_s: float, metrics, api: str, request_id: str):
     """Await `write` (a coroutine); ClientStalled if it has not completed after `timeout_s`."""
     try:
-        return await asyncio.wait_for(write, timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout_s):  # no task per write, unlike wait_for
+            return await write
+    except TimeoutError:
         metrics.stalled_streams.labels(api).inc()
         log.warning("client stalled: %s stream %s read nothing for %.1f s; aborting it and freeing its KV",
                     api, request_id, timeout_s)
