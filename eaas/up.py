@@ -257,8 +257,9 @@ def run(args) -> int:
         if args.demo:
             has_tokenizer = (model / "tokenizer.json").is_file() or (model / "tokenizer_config.json").is_file()
             return _demo([a for _, _, a in gateways], has_tokenizer, tls_dir)
+        stop = _catch_stop_signals()  # before "ready": a SIGTERM right after it must stop us in order
         print("ready; Ctrl-C stops everything", flush=True)
-        _wait_for_signal(fleet)
+        _wait_for_signal(fleet, stop)
         return 0
     finally:
         fleet.stop()
@@ -299,7 +300,7 @@ def _demo(addresses: list[str], has_tokenizer: bool, tls_dir: Path | None) -> in
     return 0
 
 
-def _wait_for_signal(fleet: Fleet) -> None:
+def _catch_stop_signals() -> dict:
     stop = {"now": False}
 
     def handler(signum, frame):
@@ -307,6 +308,10 @@ def _wait_for_signal(fleet: Fleet) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _wait_for_signal(fleet: Fleet, stop: dict) -> None:
     reported: set[str] = set()
     while not stop["now"]:
         for name, proc in fleet.procs:
