@@ -21,24 +21,29 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from eaas.engine.llm_engine import RequestError
 from eaas.gateway.auth import http_api_key_middleware
 from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S, ClientStalled, bound_stream_buffers, write_or_stall
-from eaas.gateway.engine_service import EngineService, GenerationFailed, QueueFull, TokenEvent, TokenStream
+from eaas.gateway.choice_streams import ChoiceStreams
+from eaas.gateway.engine_service import EngineService, GenerationFailed, QueueFull
+from eaas.gateway.openai_bodies import (
+    ChatLogprobs,
+    CompletionLogprobs,
+    ResponseHeader,
+    chat_choice,
+    chat_delta_choice,
+    chat_role_choice,
+    completion_choice,
+    error_body,
+    models_body,
+    usage_body,
+)
+from eaas.gateway.openai_choice import ChoiceBuilder, Echo
 from eaas.gateway.openai_protocol import (
     InvalidRequest,
     ParsedRequest,
-    ResponseHeader,
     StopStringCutter,
-    chat_body,
-    chat_chunk,
-    chat_role_chunk,
-    completion_body,
-    completion_chunk,
-    error_body,
-    models_body,
     parse_chat_request,
     parse_completion_request,
-    usage_body,
-    usage_chunk,
 )
+from eaas.gateway.token_strings import TokenStrings
 
 log = logging.getLogger("eaas.gateway.http")
 MAX_BODY_BYTES = 4 << 20  # a larger body is refused with 413: room for a 128k-token prompt as an id list
@@ -54,16 +59,20 @@ class ClientGone(Exception):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How one generation endpoint shapes its ids, bodies and stream chunks."""
+    """How one generation endpoint shapes its ids, bodies, choices and stream chunks."""
     id_prefix: str
+    body_object: str
     chunk_object: str
-    body: Callable[..., dict]           # (header, text, token_ids, finish_reason, usage) -> dict
-    chunk: Callable[..., dict]          # (header, text, token_ids, finish_reason) -> dict
-    opening_chunks: Callable[[ResponseHeader], list[dict]]
+    choice: Callable[..., dict]         # (index, text, token_ids, finish_reason, logprobs) -> a body's choice
+    delta: Callable[..., dict]          # the same for a stream chunk
+    opening_choice: Callable[[int], dict] | None   # each choice's first chunk, before its tokens
+    logprobs: type                      # CompletionLogprobs or ChatLogprobs
 
 
-COMPLETIONS = Endpoint("cmpl", "text_completion", completion_body, completion_chunk, lambda h: [])
-CHAT = Endpoint("chatcmpl", "chat.completion.chunk", chat_body, chat_chunk, lambda h: [chat_role_chunk(h)])
+COMPLETIONS = Endpoint("cmpl", "text_completion", "text_completion", completion_choice, completion_choice, None,
+                       CompletionLogprobs)
+CHAT = Endpoint("chatcmpl", "chat.completion", "chat.completion.chunk", chat_choice, chat_delta_choice,
+                chat_role_choice, ChatLogprobs)
 
 
 def build_http_app(service: EngineService, model_name: str, api_key: str | None = None,
@@ -110,7 +119,7 @@ async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
     except InvalidRequest as exc:
         return _error(400, str(exc), exc.param)
     except RequestError as exc:
-        return _error(400, str(exc))
+        return _error(400, str(exc), exc.param)
     except ModelNotFound as exc:
         return _error(404, str(exc), "model", code="model_not_found")
     except QueueFull as exc:
@@ -137,6 +146,7 @@ class OpenAIHandlers:
         self.model_name = model_name
         self.stall_timeout_s = stall_timeout_s
         self.created = int(time.time())
+        self.token_strings = TokenStrings(service.tokenizer)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(models_body(self.model_name, self.created))
@@ -152,7 +162,11 @@ class OpenAIHandlers:
         req = parse_completion_request(await _json_body(request))
         self._check_model(req.model)
         prompt_ids = req.prompt if isinstance(req.prompt, list) else self.service.encode(req.prompt)
-        return await self._generate(request, req, prompt_ids, COMPLETIONS)
+        echo = None
+        if req.echo:
+            text = req.prompt if isinstance(req.prompt, str) else self._decode(prompt_ids)
+            echo = Echo(text, list(prompt_ids))
+        return await self._generate(request, req, prompt_ids, COMPLETIONS, echo)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_chat_request(await _json_body(request))
@@ -164,67 +178,82 @@ class OpenAIHandlers:
         if model is not None and model != self.model_name:
             raise ModelNotFound(f"the model {model!r} does not exist here: this gateway serves {self.model_name!r}")
 
+    def _decode(self, ids: list[int]) -> str:
+        tokenizer = self.service.tokenizer
+        return "" if tokenizer is None else tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _bounded_writer(self, request_id: str):
+        """write(response, bytes) that raises ClientStalled when the client reads nothing for the timeout."""
+        def write(response: web.StreamResponse, data: bytes):
+            return write_or_stall(response.write(data), self.stall_timeout_s, self.service.metrics, "http", request_id)
+        return write
+
     async def _generate(self, request: web.Request, req: ParsedRequest, prompt_ids: list[int],
-                        endpoint: Endpoint) -> web.StreamResponse:
+                        endpoint: Endpoint, echo: Echo | None = None) -> web.StreamResponse:
         header = ResponseHeader(f"{endpoint.id_prefix}-{uuid.uuid4().hex}", int(time.time()), self.model_name)
         params = req.sampling_params(len(prompt_ids), self.service.engine.model.max_positions)
-        # Closing the event stream aborts its generation: on a stop string, an error or a client that left.
-        async with contextlib.aclosing(self.service.generate(prompt_ids, params, header.id)) as events:
+        choices = [ChoiceBuilder(i, StopStringCutter(req.stop), params.min_tokens,
+                                 None if params.logprobs is None else endpoint.logprobs(self.token_strings), echo)
+                   for i in range(req.n)]
+        streams = ChoiceStreams(self.service, prompt_ids, req.choice_params(params), header.id)
+        # Closing the event stream aborts every generation still running: on an error or a client that left.
+        async with contextlib.aclosing(streams.events()) as events:
             if req.stream:
-                response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-
-                def write(data: bytes):
-                    return write_or_stall(response.write(data), self.stall_timeout_s, self.service.metrics, "http",
-                                          header.id)
-                return await _stream(request, response, write, events, req, header, endpoint, len(prompt_ids))
-            return await _collect(request, events, req, header, endpoint, len(prompt_ids))
+                return await _stream(request, streams, events, choices, req, header, endpoint, len(prompt_ids),
+                                     self._bounded_writer(header.id))
+            return await _collect(request, streams, events, choices, header, endpoint, len(prompt_ids))
 
 
-async def _collect(request: web.Request, events: TokenStream, req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
-                   prompt_tokens: int) -> web.Response:
-    cutter = StopStringCutter(req.stop)
-    texts, token_ids, finish_reason = [], [], None
-    async for event in events:
-        text, finish_reason = cutter.next_piece(event.text, event.finish_reason)
-        texts.append(text)
-        token_ids.extend(event.token_ids)
-        if _cut_by_stop_string(finish_reason, event):
-            events.finish()  # a normal end (counted "ok"): the rest is not generated
-            break
+async def _collect(request: web.Request, streams: ChoiceStreams, events, choices: list[ChoiceBuilder],
+                   header: ResponseHeader, endpoint: Endpoint, prompt_tokens: int) -> web.Response:
+    async for index, event in events:
+        piece = choices[index].take(event)
+        if piece is not None and piece.cut:
+            streams.finish(index)  # a normal end (counted "ok"): the rest is not generated
+            if all(c.finish_reason for c in choices):
+                break
         if request.transport is None or request.transport.is_closing():
             raise ClientGone()
-    usage = usage_body(prompt_tokens, len(token_ids))
-    return web.json_response(endpoint.body(header, "".join(texts), token_ids, finish_reason, usage))
+    usage = usage_body(prompt_tokens, sum(len(c.token_ids) for c in choices))
+    body = header.envelope(endpoint.body_object, [c.whole(endpoint.choice) for c in choices], usage=usage)
+    return web.json_response(body)
 
 
-async def _stream(request: web.Request, response: web.StreamResponse, write, events: TokenStream,
+async def _stream(request: web.Request, streams: ChoiceStreams, events, choices: list[ChoiceBuilder],
                   req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
-                  prompt_tokens: int) -> web.StreamResponse:
+                  prompt_tokens: int, write) -> web.StreamResponse:
     """Server-sent events; the response starts with the first token, so that bad input still gets a 400.
-    `write(bytes)`: the response's write, bounded by the stall timeout."""
-    cutter = StopStringCutter(req.stop)
-    completion_tokens = 0
+    `write(response, bytes)`: the response's write, bounded by the stall timeout."""
+    response = None
     try:
-        async for event in events:
-            text, finish_reason = cutter.next_piece(event.text, event.finish_reason)
-            completion_tokens += len(event.token_ids)
-            if not response.prepared:
+        async for index, event in events:
+            piece = choices[index].take(event)
+            if piece is None:
+                continue  # a choice a stop string ended: tokens already on their way
+            if response is None:
+                response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                                       "Cache-Control": "no-cache"})
                 await response.prepare(request)
                 if request.transport is not None:
                     bound_stream_buffers(request.transport)
-                for chunk in endpoint.opening_chunks(header):
-                    await write(_event(chunk))
-            await write(_event(endpoint.chunk(header, text, event.token_ids, finish_reason)))
-            if _cut_by_stop_string(finish_reason, event):
-                events.finish()
-                break
+                if endpoint.opening_choice is not None:
+                    for c in choices:
+                        await write(response, _event(header.envelope(endpoint.chunk_object,
+                                                                     [endpoint.opening_choice(c.index)])))
+            delta = endpoint.delta(index, piece.text, piece.token_ids, piece.finish_reason, piece.logprobs)
+            await write(response, _event(header.envelope(endpoint.chunk_object, [delta])))
+            if piece.cut:
+                streams.finish(index)
+                if all(c.finish_reason for c in choices):
+                    break
         if req.include_usage:
-            await write(_event(usage_chunk(header, endpoint.chunk_object, usage_body(prompt_tokens, completion_tokens))))
-        await write(b"data: [DONE]\n\n")
+            usage = usage_body(prompt_tokens, sum(len(c.token_ids) for c in choices))
+            await write(response, _event(header.envelope(endpoint.chunk_object, [], usage=usage)))
+        await write(response, b"data: [DONE]\n\n")
     except GenerationFailed as exc:
-        if not response.prepared:
+        if response is None:
             raise  # nothing sent yet: a plain error response
-        await write(_event(error_body(str(exc), error_type="server_error", code=exc.code)))
+        await write(response, _event(error_body(str(exc), error_type="server_error", code=exc.code)))
     except ConnectionResetError:  # the client left; leaving the loop aborts the generation
         log.info("client closed the stream of %s", header.id)
         return response
@@ -234,12 +263,6 @@ async def _stream(request: web.Request, response: web.StreamResponse, write, eve
         return response
     await response.write_eof()
     return response
-
-
-def _cut_by_stop_string(finish_reason: str | None, event: TokenEvent) -> bool:
-    # Only a stop string ends the loop early (finish() ends the rest, counted "ok"); after the engine's
-    # own last event the loop runs on, so that the service sees the request complete.
-    return finish_reason is not None and event.finish_reason is None
 
 
 def _event(payload: dict) -> bytes:
