@@ -26,6 +26,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object: token_ids, text, finish_reason, ...")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a gateway (default 120)")
     p.add_argument("--api-key", help="with --gateway: the gateway's API key (default $EAAS_API_KEY)")
+    p.add_argument("--tls-ca-file", metavar="FILE", help="with --gateway: connect over TLS and verify the gateway "
+                   "against this CA (PEM; `eaas up --tls` prints its path)")
+    p.add_argument("--tls-cert-file", metavar="FILE", help="with --gateway: a client certificate to present (PEM)")
+    p.add_argument("--tls-key-file", metavar="FILE", help="the private key of --tls-cert-file (PEM)")
 
 
 def parse_prompt_ids(text: str) -> list[int]:
@@ -85,7 +89,8 @@ def _generate_remote(args) -> dict:
         kwargs["prompt_ids"] = parse_prompt_ids(args.prompt_ids)
     start = time.perf_counter()
     try:
-        with SyncClient([args.gateway], timeout=args.timeout, api_key=args.api_key) as client:
+        with SyncClient([args.gateway], timeout=args.timeout, api_key=args.api_key, tls_ca_file=args.tls_ca_file,
+                        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file) as client:
             ids, text, reason = [], [], None
             for chunk in client.generate_stream(**kwargs):
                 ids.extend(chunk.token_ids)

@@ -48,6 +48,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "both ends offer them (they do on one host), shm = slots required, grpc (default auto)")
     p.add_argument("--demo", action="store_true", help="stream one completion through the SDK, then stop")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for health (default 180)")
+    p.add_argument("--tls", action="store_true", help="make a private CA and certificates under the run directory "
+                   "(printed): gateways serve TLS, gateway <-> expert servers use mutual TLS; clients pass "
+                   "--tls-ca-file with the CA's path")
     p.add_argument("--api-key", help="the gateways require 'Authorization: Bearer KEY' (default $EAAS_API_KEY); "
                    "clients read it from --api-key or $EAAS_API_KEY")
 
@@ -105,13 +108,41 @@ def listens_on(proc: subprocess.Popen, port: int) -> bool:
     return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
 
 
-def wait_healthy(fleet: Fleet, name: str, proc: subprocess.Popen, address: str, timeout_s: float) -> None:
+def make_tls(fleet: Fleet, host: str) -> Path:
+    """A private CA and one certificate (server and client use) for every process, under the run directory."""
+    import socket
+
+    from eaas.private_ca import CertificateAuthority
+
+    return CertificateAuthority.create("eaas up CA").write_secret(
+        Path(fleet.tmp) / "tls", "eaas-up", [host, "127.0.0.1", "localhost", socket.gethostname()])
+
+
+def tls_flags(tls_dir: Path | None) -> list[str]:
+    if tls_dir is None:
+        return []
+    return ["--tls-cert-file", str(tls_dir / "tls.crt"), "--tls-key-file", str(tls_dir / "tls.key"),
+            "--tls-ca-file", str(tls_dir / "ca.crt")]
+
+
+def _health_channel(address: str, tls_dir: Path | None):
+    import grpc
+
+    if tls_dir is None:
+        return grpc.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials((tls_dir / "ca.crt").read_bytes(), (tls_dir / "tls.key").read_bytes(),
+                                         (tls_dir / "tls.crt").read_bytes())
+    return grpc.secure_channel(address, creds)
+
+
+def wait_healthy(fleet: Fleet, name: str, proc: subprocess.Popen, address: str, timeout_s: float,
+                 tls_dir: Path | None = None) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port = int(address.rsplit(":", 1)[1])
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with _health_channel(address, tls_dir) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -168,6 +199,7 @@ def run(args) -> int:
     # machine make a 2 ms combine take 100+ ms
     threads = threads_per_process(len(groups) * args.expert_replicas + args.gateways)
     try:
+        tls_dir = make_tls(fleet, args.host) if args.tls else None
         redis_url = args.redis
         if args.gateways > 1 and not redis_url:
             redis_url = _start_local_redis(fleet, args.host)
@@ -181,14 +213,14 @@ def run(args) -> int:
                 argv = py + ["expert-server", "--model", str(model), "--experts", format_expert_ids(g.experts),
                              "--host", args.host, "--port", str(port), "--metrics-port", "0", "--group", g.name,
                              "--deployment", "local", "--dtype", args.dtype,
-                             "--transport", "grpc" if args.transport == "grpc" else "auto"]
+                             "--transport", "grpc" if args.transport == "grpc" else "auto", *tls_flags(tls_dir)]
                 if redis_url:
                     argv += ["--redis", redis_url]
                 experts.append((name, fleet.spawn(name, argv, threads), address))
                 addrs.append(address)
             spec.append(f"{format_expert_ids(g.experts)}={','.join(addrs)}")
         for name, proc, address in experts:
-            wait_healthy(fleet, name, proc, address, args.ready_timeout)
+            wait_healthy(fleet, name, proc, address, args.ready_timeout, tls_dir)
         gateways = []
         for i in range(args.gateways):
             name = f"gateway-{i}"
@@ -197,7 +229,8 @@ def run(args) -> int:
             # idle hardware to overlap with and more micro-batches only add RPCs (measured: 0.59 vs 0.55)
             argv = py + ["gateway", "--model", str(model), "--expert-servers", ";".join(spec), "--host", args.host,
                          "--grpc-port", str(grpc_ports[i]), "--http-port", str(http_ports[i]),
-                         "--dtype", args.dtype, "--micro-batches", "1", "--transport", args.transport]
+                         "--dtype", args.dtype, "--micro-batches", "1", "--transport", args.transport,
+                         *tls_flags(tls_dir)]
             if redis_url:
                 argv += ["--redis", redis_url]
             if args.kv_cache_bytes:
@@ -206,22 +239,27 @@ def run(args) -> int:
                 argv += ["--max-queued-requests", str(args.max_queued_requests)]
             gateways.append((name, fleet.spawn(name, argv, threads), grpc_addr))
         for name, proc, address in gateways:
-            wait_healthy(fleet, name, proc, address, args.ready_timeout)
+            wait_healthy(fleet, name, proc, address, args.ready_timeout, tls_dir)
         ensure_all_alive(fleet)  # an expert server may have died while the gateways loaded
         print(f"eaas up: {len(groups)} expert groups x {args.expert_replicas} replicas "
               f"({len(experts)} expert processes), model {model}", flush=True)
         for g, s in zip(groups, spec):
             print(f"  {g.name}: experts {s}", flush=True)
+        scheme = "https" if tls_dir else "http"
         for i, (_, _, address) in enumerate(gateways):
-            print(f"  gateway-{i}: grpc {address}  http http://{args.host}:{http_ports[i]}/v1", flush=True)
+            print(f"  gateway-{i}: grpc {address}  http {scheme}://{args.host}:{http_ports[i]}/v1", flush=True)
+        if tls_dir is not None:
+            print(f"  tls: CA {tls_dir / 'ca.crt'} (clients: --tls-ca-file {tls_dir / 'ca.crt'}); gateway <-> "
+                  "expert servers: mutual TLS", flush=True)
         if redis_url:
             print(f"  mempool: {redis_url}", flush=True)
         print(f"  logs: {fleet.tmp}", flush=True)
         if args.demo:
             has_tokenizer = (model / "tokenizer.json").is_file() or (model / "tokenizer_config.json").is_file()
-            return _demo([a for _, _, a in gateways], has_tokenizer)
+            return _demo([a for _, _, a in gateways], has_tokenizer, tls_dir)
+        stop = _catch_stop_signals()  # before "ready": a SIGTERM right after it must stop us in order
         print("ready; Ctrl-C stops everything", flush=True)
-        _wait_for_signal(fleet)
+        _wait_for_signal(fleet, stop)
         return 0
     finally:
         fleet.stop()
@@ -247,12 +285,13 @@ def _start_local_redis(fleet: Fleet, host: str) -> str:
     raise UserError("the local redis-server did not start")
 
 
-def _demo(addresses: list[str], has_tokenizer: bool) -> int:
+def _demo(addresses: list[str], has_tokenizer: bool, tls_dir: Path | None) -> int:
     from eaas.client import SyncClient
 
     prompt = {"prompt": "The experts"} if has_tokenizer else {"prompt_ids": [1, 17, 42]}
     print(f"\ndemo: streaming a completion of {next(iter(prompt.values()))!r} through {addresses[0]}", flush=True)
-    with SyncClient(addresses, timeout=120) as client:
+    ca = str(tls_dir / "ca.crt") if tls_dir else None
+    with SyncClient(addresses, timeout=120, tls_ca_file=ca) as client:
         ids = []
         for chunk in client.generate_stream(**prompt, max_tokens=24, ignore_eos=True):
             ids.extend(chunk.token_ids)
@@ -261,7 +300,7 @@ def _demo(addresses: list[str], has_tokenizer: bool) -> int:
     return 0
 
 
-def _wait_for_signal(fleet: Fleet) -> None:
+def _catch_stop_signals() -> dict:
     stop = {"now": False}
 
     def handler(signum, frame):
@@ -269,6 +308,10 @@ def _wait_for_signal(fleet: Fleet) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _wait_for_signal(fleet: Fleet, stop: dict) -> None:
     reported: set[str] = set()
     while not stop["now"]:
         for name, proc in fleet.procs:

@@ -15,6 +15,7 @@ from eaas.expert_service.server import ServerConfig, build_servicer, move_expert
 from eaas.logs import configure_logging, log_event
 from eaas.model.checkpoint import Checkpoint, parse_dtype
 from eaas.model.experts import load_expert_weights
+from eaas.tls import add_tls_flags, tls_files_from_args
 from eaas.topology import format_expert_ids, parse_expert_ids
 
 log = logging.getLogger("eaas.expert_service")
@@ -43,6 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
                         help="data paths offered: auto/shm = gRPC plus shared-memory slots for gateways on this host "
                              "(named in Info), grpc = gRPC only (default auto)")
+    add_tls_flags(parser, cert_help="serve gRPC over mutual TLS with this certificate (PEM; needs --tls-key-file "
+                  "and --tls-ca-file)", ca_help="CA (PEM) that must have signed every client's certificate: "
+                  "clients without one are refused")
 
 
 def _ids(text: str | None, flag: str) -> list[int] | None:
@@ -74,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_inflight < 1:
         raise UserError(f"--max-inflight must be >= 1, got {args.max_inflight}")
     experts_wanted, layers_wanted = _ids(args.experts, "--experts"), _ids(args.layers, "--layers")
+    tls = tls_files_from_args(args)
+    if tls is not None and not (tls.has_identity and tls.has_ca):
+        raise UserError("an expert server's TLS is mutual: give --tls-cert-file, --tls-key-file and --tls-ca-file")
     device = choose_device(args.device)
     ckpt = Checkpoint(args.model)
     experts = load_expert_weights(ckpt, experts_wanted, layers_wanted, parse_dtype(args.dtype))
@@ -87,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"--metrics-port {args.metrics_port}: {exc}") from None
     config = ServerConfig(args.host, args.port, args.group, args.deployment, args.max_inflight,
-                          ckpt.fingerprint(), ckpt.family.model_type, offer_shm=args.transport != "grpc")
+                          ckpt.fingerprint(), ckpt.family.model_type, offer_shm=args.transport != "grpc",
+                          tls=tls)
     servicer = build_servicer(experts, config, device, metrics)
     layers = sorted(experts.layers)
     expert_ids = experts.layers[layers[0]].expert_ids

@@ -30,6 +30,8 @@ from eaas.model.experts import ExpertWeights
 from eaas.protos import expert_pb2, expert_pb2_grpc
 from eaas.rpc.transport import SERVICE_NAME
 from eaas.rpc.wire import MAX_MESSAGE_BYTES, NAME_BY_DTYPE, TRANSPORT_MESSAGE_BYTES, WireError, encode_tensor
+from eaas.tls import TLSFiles
+from eaas.tls_credentials import grpc_server_credentials
 from eaas.topology import format_expert_ids
 
 log = logging.getLogger("eaas.expert_service")
@@ -47,6 +49,7 @@ class ServerConfig:
     model_fingerprint: str
     model_type: str
     offer_shm: bool = True  # also serve the shared-memory data path (expert_service/slot_server.py)
+    tls: TLSFiles | None = None  # mutual TLS: serve with its certificate, require clients signed by its CA
 
 
 def move_experts(experts: ExpertWeights, device: torch.device) -> None:
@@ -163,7 +166,9 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
     try:
-        bound = server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        bound = (server.add_insecure_port(address) if config.tls is None else
+                 server.add_secure_port(address, grpc_server_credentials(config.tls, require_client_cert=True)))
     except RuntimeError:  # grpc raises RuntimeError when the address cannot be bound
         bound = 0
     if bound == 0:
@@ -174,6 +179,7 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
         slots = SlotServer(servicer)
         await slots.start()
         servicer.info.shm_endpoint = slots.endpoint
+        servicer.info.shm_token = slots.token
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
@@ -181,6 +187,7 @@ async def serve(servicer: ExpertServicer, config: ServerConfig, on_ready=None, o
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log_event(log, "serving", address=f"{config.host}:{bound}", group=config.group,
+              tls="mutual" if config.tls is not None else "off",
               experts=format_expert_ids(servicer.info.expert_ids), layers=len(servicer.info.layers),
               dtype=servicer.info.dtype, device=servicer.info.device, max_inflight=config.max_inflight)
     if on_ready is not None:

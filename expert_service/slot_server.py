@@ -1,17 +1,23 @@
 """Server side of the shared-memory data path: a unix socket whose clients hand us their slot memory.
 
 Each gateway connects once (the endpoint is in ServerInfo.shm_endpoint: an abstract unix socket, so only
-processes in the same network namespace on the same host reach it), sends a hello with its memfd, then
-rings for each Combine. Requests of all links go to the same CombineBatcher as gRPC requests, so they
+processes in the same network namespace on the same host reach it), sends a hello with its memfd and the
+server's secret token, then rings for each Combine. Abstract socket names are listed in /proc/net/unix,
+so the name alone admits nobody: the token is in ServerInfo only, which a caller reads over gRPC, that is
+over mutual TLS when the server has certificates. A hello without the right token is refused
+(PERMISSION_DENIED) before its memory is mapped. The slot memory is a memfd: it has no path, and only
+processes it is passed to (SCM_RIGHTS) or that may ptrace the gateway can map it. Requests of all links go to the same CombineBatcher as gRPC requests, so they
 batch together; validation, admission (max_inflight) and metrics are the servicer's. Everything runs on
 threads that sleep in recv() until a doorbell rings: nothing polls.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import mmap
 import os
+import secrets
 import socket
 import threading
 import uuid
@@ -20,8 +26,8 @@ import grpc
 
 from eaas.expert_service.combine_request import MAX_TOP_K, CombineJob, ServedExperts, check_routing
 from eaas.logs import log_event
-from eaas.rpc.slot_wire import (HELLO, HELLO_ANSWER, MAGIC, REPLY, REQUEST, SlotRequest, itemsize, request_tensors,
-                                response_view, socket_address)
+from eaas.rpc.slot_wire import (HELLO, HELLO_ANSWER, MAGIC, REPLY, REQUEST, TOKEN_BYTES, SlotRequest, itemsize,
+                                request_tensors, response_view, socket_address)
 from eaas.rpc.wire import FLOAT_DTYPES, WireError
 
 log = logging.getLogger("eaas.expert_service")
@@ -44,6 +50,7 @@ class SlotServer:
     def __init__(self, servicer, endpoint: str | None = None):
         self.servicer = servicer
         self.endpoint = endpoint or new_endpoint()
+        self.token = secrets.token_bytes(TOKEN_BYTES)  # handed out in ServerInfo.shm_token
         self._listener: socket.socket | None = None
         self._links: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -83,7 +90,7 @@ class SlotServer:
 
     def _serve_link(self, conn: socket.socket) -> None:
         try:
-            memory, slots, slot_bytes = _accept_hello(conn)
+            memory, slots, slot_bytes = _accept_hello(conn, self.token)
             conn.settimeout(None)
             send_lock = threading.Lock()
 
@@ -166,22 +173,29 @@ def check_request(req: SlotRequest, served: ServedExperts, slots: int, slot_byte
 
 
 
-def _accept_hello(conn: socket.socket):
+class NotAdmitted(WireError):
+    """A hello without the server's token: someone who did not learn it from Info."""
+
+
+def _accept_hello(conn: socket.socket, token: bytes):
     """Read the hello and its memfd (blocking, off the loop); answer; return (mmap, slots, slot_bytes)."""
     conn.settimeout(10)
     data, fds, _, _ = socket.recv_fds(conn, HELLO.size, 1)
     try:
         if len(data) != HELLO.size or len(fds) != 1:
             raise WireError("hello without slot memory")
-        magic, slots, slot_bytes = HELLO.unpack(data)
+        magic, slots, slot_bytes, offered = HELLO.unpack(data)
+        if not hmac.compare_digest(offered, token):
+            raise NotAdmitted("slot link refused: wrong shm token")
         size = 2 * slots * slot_bytes
         if magic != MAGIC or not 0 < size <= MAX_LINK_BYTES:
             raise WireError(f"bad hello: magic {magic!r}, {slots} slots of {slot_bytes} bytes")
         if os.fstat(fds[0]).st_size < size:
             raise WireError("slot memory smaller than announced")
         memory = mmap.mmap(fds[0], size)
-    except (WireError, OSError):
-        conn.sendall(HELLO_ANSWER.pack(MAGIC, grpc.StatusCode.INVALID_ARGUMENT.value[0]))
+    except (WireError, OSError) as exc:
+        code = grpc.StatusCode.PERMISSION_DENIED if isinstance(exc, NotAdmitted) else grpc.StatusCode.INVALID_ARGUMENT
+        conn.sendall(HELLO_ANSWER.pack(MAGIC, code.value[0]))
         raise
     finally:
         for fd in fds:

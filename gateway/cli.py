@@ -9,6 +9,10 @@ import logging
 from eaas.auth import resolve_api_key
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED, describe_default
 from eaas.errors import UserError
+from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S
+from eaas.tls import add_tls_flags, tls_files_from_args
+
+DEFAULT_MAX_STREAMS = 64
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -64,6 +68,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     auth.add_argument("--api-key", help="clients must send 'Authorization: Bearer KEY' (HTTP header or gRPC "
                       "metadata); default $EAAS_API_KEY, which keeps the key out of the process list")
     auth.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE (e.g. a mounted Secret)")
+    add_tls_flags(p, cert_help="serve gRPC and HTTP over TLS with this certificate (PEM); it is also the client "
+                  "certificate shown to expert servers", ca_help="CA (PEM) of the expert servers: connect to them "
+                  "over mutual TLS, verifying their certificates against it")
+    p.add_argument("--expert-tls-name", metavar="NAME", help="with --tls-ca-file: the name the expert servers' "
+                   "certificates carry, when it is not the host of their address (e.g. pod IPs)")
+    p.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
+                   help="gRPC streams one client connection may have open at once (HTTP/2 "
+                        f"SETTINGS_MAX_CONCURRENT_STREAMS); more wait in the client (default {DEFAULT_MAX_STREAMS})")
+    p.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
+                   help="a client that reads none of its stream's output for this long has its request aborted "
+                        f"and its KV freed (default {DEFAULT_STALL_TIMEOUT_S:g})")
 
 
 def run(args) -> int:
@@ -74,6 +89,14 @@ def run(args) -> int:
         raise UserError("--watch-endpoints needs --topology (which Services hold which experts)")
     if not (args.expert_servers or args.topology or args.redis):
         raise UserError("tell the gateway where the experts are: --expert-servers, --topology or --redis")
+    if args.max_concurrent_streams < 1:
+        raise UserError(f"--max-concurrent-streams must be >= 1, got {args.max_concurrent_streams}")
+    if not args.stall_timeout > 0:
+        raise UserError(f"--stall-timeout must be > 0, got {args.stall_timeout}")
+    tls = tls_files_from_args(args)
+    if tls is not None and tls.has_ca and not tls.has_identity:
+        raise UserError("--tls-ca-file: expert servers need our client certificate too: "
+                        "give --tls-cert-file and --tls-key-file")
     opts = GatewayOptions(model=args.model, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           expert_servers=args.expert_servers, topology=args.topology, redis=args.redis,
                           deployment=args.deployment, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
@@ -81,7 +104,9 @@ def run(args) -> int:
                           prefix_cache=not args.no_prefix_cache, watch_endpoints=args.watch_endpoints,
                           namespace=args.namespace, kv_cache_bytes=args.kv_cache_bytes,
                           max_queued_requests=args.max_queued_requests, transport=args.transport,
-                          api_key=resolve_api_key(args.api_key, args.api_key_file))
+                          api_key=resolve_api_key(args.api_key, args.api_key_file), tls=tls,
+                          expert_tls_name=args.expert_tls_name, max_concurrent_streams=args.max_concurrent_streams,
+                          stall_timeout_s=args.stall_timeout)
     if opts.expert_servers:
         from eaas.gateway.discovery import parse_expert_servers
 

@@ -10,6 +10,7 @@ import grpc
 from eaas.engine.llm_engine import RequestError
 from eaas.engine.sequence import SamplingParams
 from eaas.gateway.engine_service import EngineService, GenerationFailed
+from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S, ClientStalled, write_or_stall
 from eaas.protos import gateway_pb2, gateway_pb2_grpc
 
 DEFAULT_MAX_TOKENS = 16
@@ -40,12 +41,15 @@ def logprobs_message(entries: list | None) -> list[gateway_pb2.TokenLogprob]:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, service: EngineService, model_name: str, info: Callable[[], gateway_pb2.GatewayInfo]):
+    def __init__(self, service: EngineService, model_name: str, info: Callable[[], gateway_pb2.GatewayInfo],
+                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
         self.service = service
         self.model_name = model_name
         self.info = info  # called per Info request: the replica table changes while serving
+        self.stall_timeout_s = stall_timeout_s  # a stream whose client reads nothing this long is aborted
 
     async def Generate(self, request, context):
+        # context.write, not yield: a write the client never drains must be bounded (gateway/stall.py)
         try:
             if request.prompt_ids:
                 prompt_ids = list(request.prompt_ids)
@@ -58,9 +62,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                                            resume_ids=list(request.resume_token_ids))
             async with contextlib.aclosing(events):  # a client that leaves ends its generation
                 async for event in events:
-                    yield gateway_pb2.GenerateResponse(token_ids=event.token_ids, text=event.text,
-                                                       finish_reason=event.finish_reason or "", index=event.index,
-                                                       logprobs=logprobs_message(event.logprobs))
+                    reply = gateway_pb2.GenerateResponse(token_ids=event.token_ids, text=event.text,
+                                                         finish_reason=event.finish_reason or "", index=event.index,
+                                                         logprobs=logprobs_message(event.logprobs))
+                    await write_or_stall(context.write(reply), self.stall_timeout_s, self.service.metrics, "grpc",
+                                         request.request_id)
+        except ClientStalled as exc:  # leaving the loop above aborted the generation
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except RequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except GenerationFailed as exc:

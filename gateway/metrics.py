@@ -33,6 +33,9 @@ def _gateway_metric_set(registry: CollectorRegistry) -> dict:
         "refused": Counter("eaas_gateway_requests_refused_total",
                            "Requests refused on arrival because the queue was full (HTTP 429, RESOURCE_EXHAUSTED)",
                            registry=registry),
+        "stalled": Counter("eaas_gateway_stalled_streams_total",
+                           "Streams aborted (KV freed) because the client read none of their output for "
+                           "--stall-timeout seconds", ["api"], registry=registry),
     }
 
 
@@ -52,6 +55,7 @@ class GatewayMetrics:
         self.kv_blocks_used, self.kv_blocks_free = m["kv_used"], m["kv_free"]
         # per-expert routing, RPCs and replicas: gateway/expert_rpc_metrics.py (the remote backend's)
         self.preemptions, self.requests_refused = m["preemptions"], m["refused"]
+        self.stalled_streams = m["stalled"]
 
     def requests_started(self) -> None:
         self.in_progress.inc()

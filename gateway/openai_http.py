@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eaas.engine.llm_engine import RequestError
 from eaas.gateway.auth import http_api_key_middleware
+from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S, ClientStalled, bound_stream_buffers, write_or_stall
 from eaas.gateway.choice_streams import ChoiceStreams
 from eaas.gateway.engine_service import EngineService, GenerationFailed, QueueFull
 from eaas.gateway.openai_bodies import (
@@ -74,9 +75,11 @@ CHAT = Endpoint("chatcmpl", "chat.completion", "chat.completion.chunk", chat_cho
                 chat_role_choice, ChatLogprobs)
 
 
-def build_http_app(service: EngineService, model_name: str, api_key: str | None = None) -> web.Application:
-    """api_key: every route but /health and /metrics needs `Authorization: Bearer <api_key>`."""
-    api = OpenAIHandlers(service, model_name)
+def build_http_app(service: EngineService, model_name: str, api_key: str | None = None,
+                   stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> web.Application:
+    """api_key: every route but /health and /metrics needs `Authorization: Bearer <api_key>`.
+    stall_timeout_s: a stream whose client reads nothing for this long is aborted (gateway/stall.py)."""
+    api = OpenAIHandlers(service, model_name, stall_timeout_s)
     auth = [http_api_key_middleware(api_key)] if api_key else []
     app = web.Application(middlewares=[*auth, openai_errors], client_max_size=MAX_BODY_BYTES)
     app.add_routes([
@@ -138,9 +141,10 @@ async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
 
 
 class OpenAIHandlers:
-    def __init__(self, service: EngineService, model_name: str):
+    def __init__(self, service: EngineService, model_name: str, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
         self.service = service
         self.model_name = model_name
+        self.stall_timeout_s = stall_timeout_s
         self.created = int(time.time())
         self.token_strings = TokenStrings(service.tokenizer)
 
@@ -178,6 +182,12 @@ class OpenAIHandlers:
         tokenizer = self.service.tokenizer
         return "" if tokenizer is None else tokenizer.decode(ids, skip_special_tokens=True)
 
+    def _bounded_writer(self, request_id: str):
+        """write(response, bytes) that raises ClientStalled when the client reads nothing for the timeout."""
+        def write(response: web.StreamResponse, data: bytes):
+            return write_or_stall(response.write(data), self.stall_timeout_s, self.service.metrics, "http", request_id)
+        return write
+
     async def _generate(self, request: web.Request, req: ParsedRequest, prompt_ids: list[int],
                         endpoint: Endpoint, echo: Echo | None = None) -> web.StreamResponse:
         header = ResponseHeader(f"{endpoint.id_prefix}-{uuid.uuid4().hex}", int(time.time()), self.model_name)
@@ -189,7 +199,8 @@ class OpenAIHandlers:
         # Closing the event stream aborts every generation still running: on an error or a client that left.
         async with contextlib.aclosing(streams.events()) as events:
             if req.stream:
-                return await _stream(request, streams, events, choices, req, header, endpoint, len(prompt_ids))
+                return await _stream(request, streams, events, choices, req, header, endpoint, len(prompt_ids),
+                                     self._bounded_writer(header.id))
             return await _collect(request, streams, events, choices, header, endpoint, len(prompt_ids))
 
 
@@ -210,8 +221,9 @@ async def _collect(request: web.Request, streams: ChoiceStreams, events, choices
 
 async def _stream(request: web.Request, streams: ChoiceStreams, events, choices: list[ChoiceBuilder],
                   req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
-                  prompt_tokens: int) -> web.StreamResponse:
-    """Server-sent events; the response starts with the first token, so that bad input still gets a 400."""
+                  prompt_tokens: int, write) -> web.StreamResponse:
+    """Server-sent events; the response starts with the first token, so that bad input still gets a 400.
+    `write(response, bytes)`: the response's write, bounded by the stall timeout."""
     response = None
     try:
         async for index, event in events:
@@ -222,33 +234,39 @@ async def _stream(request: web.Request, streams: ChoiceStreams, events, choices:
                 response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                        "Cache-Control": "no-cache"})
                 await response.prepare(request)
+                if request.transport is not None:
+                    bound_stream_buffers(request.transport)
                 if endpoint.opening_choice is not None:
                     for c in choices:
-                        await _send_event(response, header.envelope(endpoint.chunk_object,
-                                                                     [endpoint.opening_choice(c.index)]))
+                        await write(response, _event(header.envelope(endpoint.chunk_object,
+                                                                     [endpoint.opening_choice(c.index)])))
             delta = endpoint.delta(index, piece.text, piece.token_ids, piece.finish_reason, piece.logprobs)
-            await _send_event(response, header.envelope(endpoint.chunk_object, [delta]))
+            await write(response, _event(header.envelope(endpoint.chunk_object, [delta])))
             if piece.cut:
                 streams.finish(index)
                 if all(c.finish_reason for c in choices):
                     break
         if req.include_usage:
             usage = usage_body(prompt_tokens, sum(len(c.token_ids) for c in choices))
-            await _send_event(response, header.envelope(endpoint.chunk_object, [], usage=usage))
-        await response.write(b"data: [DONE]\n\n")
+            await write(response, _event(header.envelope(endpoint.chunk_object, [], usage=usage)))
+        await write(response, b"data: [DONE]\n\n")
     except GenerationFailed as exc:
         if response is None:
             raise  # nothing sent yet: a plain error response
-        await _send_event(response, error_body(str(exc), error_type="server_error", code=exc.code))
+        await write(response, _event(error_body(str(exc), error_type="server_error", code=exc.code)))
     except ConnectionResetError:  # the client left; leaving the loop aborts the generation
         log.info("client closed the stream of %s", header.id)
+        return response
+    except ClientStalled:  # leaving the loop aborts the generation; the connection goes too
+        if request.transport is not None:
+            request.transport.abort()
         return response
     await response.write_eof()
     return response
 
 
-async def _send_event(response: web.StreamResponse, payload: dict) -> None:
-    await response.write(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+def _event(payload: dict) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 async def _json_body(request: web.Request):

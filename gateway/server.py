@@ -25,10 +25,13 @@ from eaas.gateway import discovery
 from eaas.gateway.auth import grpc_interceptors
 from eaas.gateway.engine_service import EngineService
 from eaas.gateway.grpc_api import GatewayServicer
+from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S
 from eaas.gateway.remote_backend import RemoteExpertBackend
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.families import num_routed_experts
 from eaas.protos import gateway_pb2, gateway_pb2_grpc
+from eaas.tls import TLSFiles
+from eaas.tls_credentials import grpc_server_credentials, https_server_context
 from eaas.topology import format_expert_ids
 
 log = logging.getLogger("eaas.gateway")
@@ -66,6 +69,10 @@ class GatewayOptions:
     drain_s: float = 30.0
     api_key: str | None = None  # every RPC/route but health and /metrics needs it (Bearer)
     transport: str = "auto"  # expert data path: auto | shm | grpc (eaas/rpc/slot_transport.py)
+    tls: TLSFiles | None = None  # cert+key: TLS on gRPC and HTTP; ca: mutual TLS to the expert servers
+    expert_tls_name: str | None = None  # the name in the expert servers' certificates, if not their host
+    max_concurrent_streams: int = 64  # per client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S  # a stream not read for this long is aborted
 
 
 class Gateway:
@@ -156,7 +163,8 @@ class Gateway:
     # --- serving --------------------------------------------------------------------------------
     def _build_engine(self, groups) -> EngineService:
         self.backend = RemoteExpertBackend(groups, fingerprint=self.fingerprint, layers=self.ckpt.moe_layers(),
-                                           transport=make_transport(self.opts.transport))
+                                           transport=make_transport(self.opts.transport, self._expert_tls(),
+                                                                    self.opts.expert_tls_name))
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
                                      ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches,
@@ -172,6 +180,10 @@ class Gateway:
         return EngineService(engine, load_tokenizer(self.ckpt.path), kv_pool,
                              max_queued_requests=o.max_queued_requests)
 
+    def _expert_tls(self) -> TLSFiles | None:
+        tls = self.opts.tls
+        return tls if tls is not None and tls.has_ca else None
+
     def gateway_info(self) -> gateway_pb2.GatewayInfo:
         """Built per Info call: expert_groups follows the live replica table."""
         live = self.backend.groups() if self.backend else []
@@ -181,7 +193,7 @@ class Gateway:
                                        expert_groups=groups)
 
     def grpc_servicer(self) -> GatewayServicer:
-        return GatewayServicer(self.service, self.model_name, self.gateway_info)
+        return GatewayServicer(self.service, self.model_name, self.gateway_info, self.opts.stall_timeout_s)
 
     @property
     def model_name(self) -> str:
@@ -195,13 +207,20 @@ class Gateway:
         self.service.start()
 
         server = grpc.aio.server(interceptors=grpc_interceptors(o.api_key),
-                                 options=[("grpc.max_receive_message_length", 16 << 20)])
+                                 options=[("grpc.max_receive_message_length", 16 << 20),
+                                          ("grpc.max_concurrent_streams", o.max_concurrent_streams)])
         gateway_pb2_grpc.add_GatewayServicer_to_server(self.grpc_servicer(), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection([GATEWAY_SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+        serve_tls = o.tls is not None and o.tls.has_identity
+        if serve_tls and self._expert_tls() is None:
+            log.warning("clients get TLS but expert servers are reached in plaintext: give --tls-ca-file for "
+                        "mutual TLS to them")
         try:
-            grpc_port = server.add_insecure_port(f"{o.host}:{o.grpc_port}")
+            grpc_port = (server.add_secure_port(f"{o.host}:{o.grpc_port}",
+                                                grpc_server_credentials(o.tls, require_client_cert=False))
+                         if serve_tls else server.add_insecure_port(f"{o.host}:{o.grpc_port}"))
         except RuntimeError:  # grpc's way of saying the address cannot be bound
             raise UserError(f"--grpc-port {o.grpc_port}: cannot listen on {o.host}:{o.grpc_port}") from None
         await server.start()
@@ -210,9 +229,10 @@ class Gateway:
 
         from eaas.gateway.openai_http import build_http_app
 
-        runner = web.AppRunner(build_http_app(self.service, self.model_name, o.api_key))
+        runner = web.AppRunner(build_http_app(self.service, self.model_name, o.api_key, o.stall_timeout_s))
         await runner.setup()
-        site = web.TCPSite(runner, o.host, o.http_port)
+        site = web.TCPSite(runner, o.host, o.http_port,
+                           ssl_context=https_server_context(o.tls) if serve_tls else None)
         try:
             await site.start()
         except OSError as exc:
@@ -221,9 +241,12 @@ class Gateway:
         for svc in ("", GATEWAY_SERVICE):
             await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
         http_port = runner.addresses[0][1] if runner.addresses else o.http_port
-        log.info("gateway ready grpc=%s:%d http=%s:%d model=%s fingerprint=%s groups=%s", o.host, grpc_port,
-                 o.host, http_port, self.model_name, self.fingerprint, discovery.format_expert_servers(groups))
-        print(f"eaas gateway ready: grpc {o.host}:{grpc_port} http http://{o.host}:{http_port}", flush=True)
+        log.info("gateway ready grpc=%s:%d http=%s:%d tls=%s expert_tls=%s model=%s fingerprint=%s groups=%s",
+                 o.host, grpc_port, o.host, http_port, "on" if serve_tls else "off",
+                 "mutual" if self._expert_tls() else "off", self.model_name, self.fingerprint,
+                 discovery.format_expert_servers(groups))
+        scheme = "https" if serve_tls else "http"
+        print(f"eaas gateway ready: grpc {o.host}:{grpc_port} http {scheme}://{o.host}:{http_port}", flush=True)
 
         recorder = None
         if o.redis:

@@ -39,7 +39,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model_fingerprint", "model_type", "layers", "expert_ids", "dtype", "hidden_size", "num_experts", "group", "deployment", "device", "max_inflight", "max_message_bytes", "shm_endpoint")
+    __slots__ = ("model_fingerprint", "model_type", "layers", "expert_ids", "dtype", "hidden_size", "num_experts", "group", "deployment", "device", "max_inflight", "max_message_bytes", "shm_endpoint", "shm_token")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class ServerInfo(_message.Message):
     MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHM_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    SHM_TOKEN_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     model_type: str
     layers: _containers.RepeatedScalarFieldContainer[int]
@@ -66,4 +67,5 @@ class ServerInfo(_message.Message):
     max_inflight: int
     max_message_bytes: int
     shm_endpoint: str
-    def __init__(self, model_fingerprint: _Optional[str] = ..., model_type: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., expert_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_experts: _Optional[int] = ..., group: _Optional[str] = ..., deployment: _Optional[str] = ..., device: _Optional[str] = ..., max_inflight: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., shm_endpoint: _Optional[str] = ...) -> None: ...
+    shm_token: bytes
+    def __init__(self, model_fingerprint: _Optional[str] = ..., model_type: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., expert_ids: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., hidden_size: _Optional[int] = ..., num_experts: _Optional[int] = ..., group: _Optional[str] = ..., deployment: _Optional[str] = ..., device: _Optional[str] = ..., max_inflight: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., shm_endpoint: _Optional[str] = ..., shm_token: _Optional[bytes] = ...) -> None: ...

@@ -12,7 +12,9 @@ from eaas.protos import gateway_pb2
 
 
 class AsyncClient(GatewayClientBase):
-    _open_channel = staticmethod(grpc.aio.insecure_channel)
+    @staticmethod
+    def _open_channel(address: str, credentials):
+        return grpc.aio.insecure_channel(address) if credentials is None else grpc.aio.secure_channel(address, credentials)
 
     async def generate_stream(self, **kwargs) -> AsyncIterator[Chunk]:
         stream = ResumableStream(build_request(**kwargs), self.addresses, self._next, self.timeout, self.retries,

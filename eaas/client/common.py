@@ -132,17 +132,31 @@ class GatewayClientBase:
     """What SyncClient and AsyncClient share: addresses, settings, auth metadata, one channel per gateway."""
 
     def __init__(self, addresses, timeout: float = 60.0, retries: int = 4, backoff_s: float = 0.2,
-                 api_key: str | None = None):
-        """api_key: sent as `authorization: Bearer <key>` metadata; default $EAAS_API_KEY."""
+                 api_key: str | None = None, tls_ca_file: str | None = None, tls_cert_file: str | None = None,
+                 tls_key_file: str | None = None):
+        """api_key: sent as `authorization: Bearer <key>` metadata; default $EAAS_API_KEY.
+        tls_ca_file: connect over TLS, verifying the gateway against this CA (PEM); tls_cert_file/tls_key_file:
+        a client certificate to present (for a TLS proxy that asks for one)."""
         self.addresses = normalize_addresses(addresses)
         self._metadata = auth_metadata(api_key)
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
-        self._channels = {a: self._open_channel(a) for a in self.addresses}
+        credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+        self._channels = {a: self._open_channel(a, credentials) for a in self.addresses}
         self._stubs = {a: gateway_pb2_grpc.GatewayStub(c) for a, c in self._channels.items()}
         self._next = 0
 
     @staticmethod
-    def _open_channel(address: str):
+    def _open_channel(address: str, credentials):
         raise NotImplementedError
+
+
+def channel_credentials(ca_file: str | None, cert_file: str | None, key_file: str | None):
+    """grpc.ChannelCredentials for TLS, or None (plaintext) when no file is given."""
+    if not (ca_file or cert_file or key_file):
+        return None
+    from eaas.tls import TLSFiles
+    from eaas.tls_credentials import grpc_channel_credentials
+
+    return grpc_channel_credentials(TLSFiles(cert_file, key_file, ca_file))

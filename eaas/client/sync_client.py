@@ -14,7 +14,9 @@ from eaas.protos import gateway_pb2
 class SyncClient(GatewayClientBase):
     """SyncClient(["host:50050", "host2:50050"], timeout=60).generate(prompt_ids=[1, 2], max_tokens=8)."""
 
-    _open_channel = staticmethod(grpc.insecure_channel)
+    @staticmethod
+    def _open_channel(address: str, credentials):
+        return grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
 
     def generate_stream(self, **kwargs) -> Iterator[Chunk]:
         """Yield chunks as they come; on a retryable failure continue on another gateway (resume)."""

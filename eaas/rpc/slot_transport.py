@@ -71,7 +71,9 @@ class _Pending:
 class SlotLink:
     """One gateway-server link: a memfd of slots, a unix socket, a reader thread."""
 
-    def __init__(self, endpoint: str, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES, timeout: float = 5.0):
+    def __init__(self, endpoint: str, token: bytes, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES,
+                 timeout: float = 5.0):
+        """token: the server's ServerInfo.shm_token (learnt over gRPC, i.e. over mTLS when TLS is on)."""
         self.endpoint, self.slots, self.slot_bytes = endpoint, slots, slot_bytes
         fd = os.memfd_create("eaas-slots", os.MFD_CLOEXEC)
         try:
@@ -81,7 +83,7 @@ class SlotLink:
             self.sock.settimeout(timeout)
             try:
                 self.sock.connect(socket_address(endpoint))
-                socket.send_fds(self.sock, [HELLO.pack(MAGIC, slots, slot_bytes)], [fd])
+                socket.send_fds(self.sock, [HELLO.pack(MAGIC, slots, slot_bytes, token)], [fd])
                 answer = _recv_exact(self.sock, HELLO_ANSWER.size)
             except OSError:
                 self.sock.close()
@@ -214,9 +216,10 @@ class SlotTransport:
     with FAILED_PRECONDITION); with auto it is served over gRPC.
     """
 
-    def __init__(self, required: bool = False, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES):
+    def __init__(self, required: bool = False, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES,
+                 grpc_transport: GrpcTransport | None = None):
         self.required, self.slots, self.slot_bytes = required, slots, slot_bytes
-        self.grpc = GrpcTransport()
+        self.grpc = grpc_transport or GrpcTransport()
         self._lock = threading.Lock()
         self._links: dict[str, SlotLink] = {}
         self._endpoints: dict[str, str] = {}
@@ -231,7 +234,8 @@ class SlotTransport:
         if link is not None:
             link.close()
         try:
-            link = SlotLink(info.shm_endpoint, self.slots, self.slot_bytes) if info.shm_endpoint else None
+            link = (SlotLink(info.shm_endpoint, info.shm_token, self.slots, self.slot_bytes)
+                    if info.shm_endpoint else None)
         except OSError as exc:
             link = None
             log_event(log, "slot_link_unavailable", logging.INFO, address=address, endpoint=info.shm_endpoint,
@@ -278,11 +282,13 @@ class SlotTransport:
         self.grpc.close(address)
 
 
-def make_transport(name: str):
-    """The ExpertTransport for --transport NAME (auto | shm | grpc)."""
+def make_transport(name: str, tls=None, tls_server_name: str | None = None):
+    """The ExpertTransport for --transport NAME (auto | shm | grpc); `tls` (TLSFiles): mutual TLS for gRPC,
+    which is also how a slot link's token is learnt."""
     if name not in TRANSPORTS:
         raise ValueError(f"unknown transport {name!r}; choose one of {', '.join(TRANSPORTS)}")
-    return GrpcTransport() if name == "grpc" else SlotTransport(required=name == "shm")
+    rpc = GrpcTransport(tls, tls_server_name)
+    return rpc if name == "grpc" else SlotTransport(required=name == "shm", grpc_transport=rpc)
 
 
 def _resolve(future: concurrent.futures.Future, result=None, error: BaseException | None = None) -> None:

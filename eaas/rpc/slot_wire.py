@@ -18,8 +18,9 @@ import torch
 
 from eaas.rpc.wire import DTYPE_BY_NAME, WireError
 
-MAGIC = b"EAS1"
-HELLO = struct.Struct("<4sIQ")          # magic, slots, slot_bytes (the memfd travels beside it)
+MAGIC = b"EAS2"
+TOKEN_BYTES = 32
+HELLO = struct.Struct("<4sIQ32s")       # magic, slots, slot_bytes, the server's shm_token (the memfd beside it)
 HELLO_ANSWER = struct.Struct("<4sI")    # magic, 0 = accepted, else a gRPC status code
 REQUEST = struct.Struct("<IQIIIIBB2x")  # slot, generation, layer, tokens, hidden_size, top_k, hidden dt, weights dt
 REPLY = struct.Struct("<IQIII")         # slot, generation, gRPC status code (0 = OK), tokens, detail bytes

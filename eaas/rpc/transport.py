@@ -16,6 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eaas.protos import expert_pb2, expert_pb2_grpc
 from eaas.rpc.wire import TRANSPORT_MESSAGE_BYTES
+from eaas.tls import TLSFiles
+from eaas.tls_credentials import ChannelCache
 
 SERVICE_NAME = expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name  # also its health-check name
 
@@ -38,26 +40,39 @@ class GrpcTransport:
 
     Measured against sync-channel futures (benchmarks/dispatch_overhead.py): two concurrent Combine calls
     complete faster this way, since a sync channel starts a polling thread per call burst.
+    `tls`: mutual TLS to the expert servers (verify them against the CA file, present our certificate);
+    rotated files take effect on new channels, opened for new calls once the files changed.
+    `tls_server_name`: the name their certificates must carry, when it is not the address's host (pod IPs).
     """
 
-    def __init__(self):
+    RETIRE_GRACE_S = 30.0  # a channel replaced after a rotation finishes its calls, then closes
+
+    def __init__(self, tls: TLSFiles | None = None, tls_server_name: str | None = None):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="expert-rpc-loop", daemon=True)
         self._thread.start()
-        self._channels: dict[str, tuple] = {}  # touched only on the loop thread
+        self.tls_server_name = tls_server_name
+        self._channels = ChannelCache(self._open, tls, self._retire)  # touched only on the loop thread
+
+    def _open(self, address: str, credentials):
+        options = [("grpc.max_receive_message_length", TRANSPORT_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", TRANSPORT_MESSAGE_BYTES),
+                   # a replica restarted on the same address is re-admitted within ~1 s, not after gRPC's 20 s minimum
+                   ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+        if credentials is None:
+            channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            if self.tls_server_name:
+                options.append(("grpc.ssl_target_name_override", self.tls_server_name))
+            channel = grpc.aio.secure_channel(address, credentials, options=options)
+        return channel, expert_pb2_grpc.ExpertServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+
+    def _retire(self, entry) -> None:
+        self._loop.create_task(entry[0].close(grace=self.RETIRE_GRACE_S))
 
     def _stubs(self, address: str):
-        entry = self._channels.get(address)
-        if entry is None:
-            channel = grpc.aio.insecure_channel(address, options=[
-                ("grpc.max_receive_message_length", TRANSPORT_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", TRANSPORT_MESSAGE_BYTES),
-                # a replica restarted on the same address is re-admitted within ~1 s, not after gRPC's 20 s minimum
-                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000)])
-            entry = (channel, expert_pb2_grpc.ExpertServiceStub(channel), health_pb2_grpc.HealthStub(channel))
-            self._channels[address] = entry
-        return entry
+        return self._channels.get(address)
 
     def _submit(self, coroutine) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -83,9 +98,10 @@ class GrpcTransport:
 
     def close(self, address=None):
         async def close_channels():
-            for a in list(self._channels) if address is None else [address]:
-                if a in self._channels:
-                    await self._channels.pop(a)[0].close()
+            for a in self._channels.addresses() if address is None else [address]:
+                entry = self._channels.pop(a)
+                if entry is not None:
+                    await entry[0].close()
         if self._loop.is_running():
             self._submit(close_channels()).result()
         if address is None and self._loop.is_running():

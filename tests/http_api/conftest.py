@@ -14,6 +14,7 @@ from aiohttp import web
 from eaas.engine.factory import load_tokenizer, monolithic_engine
 from eaas.gateway.engine_service import EngineService
 from eaas.gateway.openai_http import build_http_app
+from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S
 from eaas.model.tiny import write_tiny_model
 
 SERVED_MODEL = "tiny-mixtral"
@@ -60,9 +61,11 @@ def model_name() -> str:
 
 
 @contextlib.asynccontextmanager
-async def serving_url(service: EngineService, handler_cancellation: bool = False, api_key: str | None = None):
+async def serving_url(service: EngineService, handler_cancellation: bool = False, api_key: str | None = None,
+                      stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
     """The app on a free port of 127.0.0.1, served like the gateway serves it (web.AppRunner): its base URL."""
-    runner = web.AppRunner(build_http_app(service, SERVED_MODEL, api_key), handler_cancellation=handler_cancellation)
+    runner = web.AppRunner(build_http_app(service, SERVED_MODEL, api_key, stall_timeout_s),
+                           handler_cancellation=handler_cancellation)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port = runner.addresses[0][1]
@@ -79,9 +82,10 @@ async def serving_url(service: EngineService, handler_cancellation: bool = False
 
 
 @contextlib.asynccontextmanager
-async def serving(service: EngineService, handler_cancellation: bool = False, api_key: str | None = None):
+async def serving(service: EngineService, handler_cancellation: bool = False, api_key: str | None = None,
+                  stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
     """A client session of the app on a free port of 127.0.0.1."""
-    async with serving_url(service, handler_cancellation, api_key) as url:
+    async with serving_url(service, handler_cancellation, api_key, stall_timeout_s) as url:
         async with aiohttp.ClientSession(base_url=url) as session:
             yield session
 
