@@ -34,6 +34,16 @@ def tls_args(spec: MoESpec) -> list[str]:
             "--tls-ca-file", f"{TLS_DIR}/ca.crt"]
 
 
+def expert_tls_name(spec: MoESpec) -> str:
+    """The DNS name the TLS Secret's certificate must carry (besides any the user wants for clients): gateways
+    dial expert pods by IP, so they check the experts' certificate for this name instead of the address."""
+    return f"{spec.name}-experts.{spec.namespace}.svc"
+
+
+def gateway_tls_args(spec: MoESpec) -> list[str]:
+    return [*tls_args(spec), "--expert-tls-name", expert_tls_name(spec)] if spec.security.tls_secret_name else []
+
+
 def api_key_args(spec: MoESpec) -> list[str]:
     return ["--api-key-file", f"{API_KEY_DIR}/{API_KEY_FILE}"] if spec.security.api_key_secret_name else []
 

@@ -12,8 +12,8 @@ from typing import Any
 from eaas.topology import ExpertGroup, format_expert_ids
 
 from .access import gateway_access_manifests, gateway_account_name
-from .credentials import (REDIS_PASSWORD_ENV, api_key_args, redis_password_env, secret_volumes,
-                          tls_args)
+from .credentials import (REDIS_PASSWORD_ENV, api_key_args, gateway_tls_args, redis_password_env,
+                          secret_volumes, tls_args)
 from .decisions import group_replicas
 from .labels import MANAGED_BY, owned_labels, selector_labels  # noqa: F401  (re-exported)
 from .features import ClusterFeatures, cluster_features  # noqa: F401  (re-exported for cluster.py)
@@ -124,7 +124,7 @@ def gateway_command(spec: MoESpec) -> list[str]:
     model, _, _ = model_location(spec)
     return ["eaas", "gateway", "--model", model, "--topology", f"{TOPOLOGY_DIR}/{TOPOLOGY_KEY}", "--watch-endpoints",
             "--grpc-port", str(GATEWAY_GRPC_PORT), "--http-port", str(GATEWAY_HTTP_PORT),
-            "--deployment", spec.name, *_redis_args(spec), *tls_args(spec), *api_key_args(spec)]
+            "--deployment", spec.name, *_redis_args(spec), *gateway_tls_args(spec), *api_key_args(spec)]
 
 
 def _eaas_container(spec: MoESpec, name: str, command: list[str], ports: dict[str, int],

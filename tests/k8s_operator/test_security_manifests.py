@@ -45,6 +45,16 @@ def test_tls_secret_is_mounted_read_only_and_named_by_the_three_flags_on_gateway
     assert all("--tls-cert-file" not in container(p)["command"] for p in plain.values())
 
 
+def test_gateways_check_the_experts_certificate_for_the_deployments_expert_name_not_the_pod_ip():
+    for name, pod in pods(SECURE).items():
+        command = container(pod)["command"]
+        if "gateway" in name:
+            assert flag(command, "--expert-tls-name") == "mix-experts.team.svc"
+        else:
+            assert "--expert-tls-name" not in command
+    assert all("--expert-tls-name" not in container(p)["command"] for p in pods(SPEC).values())
+
+
 def test_probes_follow_tls_the_kubelet_grpc_probe_has_none():
     secure, plain = pods(SECURE), pods(SPEC)
     assert container(plain["mix-experts-e0-3"])["readinessProbe"]["grpc"] == {"port": 50051}
