@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from eaas.gateway.dispatch import (HEDGE_FLOOR_S, NO_EXPERT, NO_GROUP, FailureAction, failure_action, hedge_delay,
-                                   owner_table, owners,
-                                   pick_replica, pick_with_fallback, refusal, rows_per_request, split_by_group)
+                                   owner_table, owners, pick_replica, pick_with_fallback, refusal, rows_per_request, split_by_group)
 from eaas.protos import expert_pb2
 
 
