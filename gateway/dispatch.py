@@ -55,7 +55,7 @@ def split_by_group(owner: torch.Tensor, expert_ids: torch.Tensor) -> list[GroupR
         if gi >= 0:
             in_group = owner == gi
             rows = in_group.any(dim=1).nonzero().squeeze(1)
-            split.append(GroupRows(gi, rows, torch.where(in_group, expert_ids, -1)[rows]))
+            split.append(GroupRows(gi, rows, torch.where(in_group, expert_ids, -1).index_select(0, rows)))
     return split
 
 
