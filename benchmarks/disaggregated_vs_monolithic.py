@@ -55,6 +55,10 @@ from eaas.up import Fleet, wait_healthy
 from fault_interleaved import Side, fault_run  # noqa: E402  (beside this file)
 
 
+KV_CACHE_BYTES = 256 << 20  # per engine: a 256 x 56-token batch needs ~60 MB; the default share of memory
+                            # (10% per engine, 5+ engines in this process) got the run OOM-killed
+
+
 def prompts(n: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(1)
     return [torch.randint(3, 250, (int(k),), generator=g).tolist() for k in torch.randint(8, 25, (n,), generator=g)]
@@ -111,8 +115,9 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, nargs="*", default=[64, 256], help="concurrencies to measure (none: skip)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--hidden-size", type=int, default=256)
-    ap.add_argument("--micro-batches", type=int, default=1,
-                    help="1 on one machine (no idle cores to overlap with); 2+ when experts run elsewhere")
+    ap.add_argument("--micro-batches", type=int, nargs="+", default=[1],
+                    help="micro-batches per step (ping-pong overlap); several values are measured in the same run, "
+                         "each N > 1 as a variant '<transport>-mbN' (the fault run uses the first)")
     ap.add_argument("--experts-per-server", type=int, default=4,
                     help="experts per group: 4 = 2 groups (2 RPCs per layer), 8 = 1 group (1 RPC per layer)")
     ap.add_argument("--fault-seconds", type=float, default=40.0, help="0 skips the fault run")
@@ -135,14 +140,16 @@ def main() -> None:
         experts = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=2, base_port=args.base_port)
         try:
             limits = ScheduleLimits(max_num_seqs=max(args.seqs + [64]), max_batched_tokens=8192)
-            mono = monolithic_engine(model, limits=limits)
+            mono = monolithic_engine(model, limits=limits, kv_cache_bytes=KV_CACHE_BYTES)
             ckpt = Checkpoint(model)
             say(f"model: {report['model']}; "
                 f"{-(-8 // args.experts_per_server)} expert group(s) x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
                 f"micro-batches {args.micro_batches}")
             backends = {name: remote_backend(experts, ckpt, name) for name in args.transport}
-            engines = {name: engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches)
-                       for name, backend in backends.items()}
+            engines = {name + (f"-mb{mb}" if mb > 1 else ""):
+                       engine_with_backend(ckpt, backend, limits=limits, micro_batches=mb,
+                                           kv_cache_bytes=KV_CACHE_BYTES)
+                       for name, backend in backends.items() for mb in args.micro_batches}
             for n in args.seqs:
                 batch = prompts(n)
                 target = 0.85 if n <= 64 else 0.90
@@ -238,7 +245,8 @@ def fault_runs(model: str, ckpt: Checkpoint, limits: ScheduleLimits, args, repor
                                  base_port=args.base_port + 50 * (i + 2))
             try:
                 backends = [remote_backend(fleet, ckpt, name) for fleet in (reference, faulty)]
-                sides = [Side(engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches),
+                sides = [Side(engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches[0],
+                                                  kv_cache_bytes=KV_CACHE_BYTES),
                               fleet) for backend, fleet in zip(backends, (reference, faulty))]
                 report["transports"].setdefault(name, {}).update(fault_run(*sides, prompts(64), args.new_tokens, args.fault_seconds,
                                                             args.restart_on_this_machine, say, f"[{name}] "))
