@@ -121,6 +121,8 @@ def main() -> None:
     ap.add_argument("--experts-per-server", type=int, default=4,
                     help="experts per group: 4 = 2 groups (2 RPCs per layer), 8 = 1 group (1 RPC per layer)")
     ap.add_argument("--fault-seconds", type=float, default=40.0, help="0 skips the fault run")
+    ap.add_argument("--fault-reference-keeps-all", action="store_true",
+                    help="the fault-free reference fleet keeps every replica instead of retiring the killed one's twin")
     ap.add_argument("--restart-on-this-machine", action="store_true",
                     help="restart each killed replica here (SCHED_IDLE while it boots) instead of leaving it dead")
     ap.add_argument("--base-port", type=int, default=24000)
@@ -248,8 +250,15 @@ def fault_runs(model: str, ckpt: Checkpoint, limits: ScheduleLimits, args, repor
                 sides = [Side(engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches[0],
                                                   kv_cache_bytes=KV_CACHE_BYTES),
                               fleet) for backend, fleet in zip(backends, (reference, faulty))]
-                report["transports"].setdefault(name, {}).update(fault_run(*sides, prompts(64), args.new_tokens, args.fault_seconds,
-                                                            args.restart_on_this_machine, say, f"[{name}] "))
+                retired: set[str] = set()
+
+                def retire(replica: str, backend=backends[0]) -> None:  # the reference fleet shrinks gracefully
+                    retired.add(replica)
+                    backend.update_table([(e, [a for n, ex, a in reference.members if ex == e and n not in retired])
+                                          for e, _ in reference.groups()])
+                report["transports"].setdefault(name, {}).update(fault_run(
+                    *sides, prompts(64), args.new_tokens, args.fault_seconds, args.restart_on_this_machine, say,
+                    f"[{name}] ", retire=None if args.fault_reference_keeps_all else retire))
                 for backend in backends:
                     backend.close()
             finally:

@@ -6,7 +6,8 @@ same 64-sequence batch alternate between them A B B A A B ..., so the machine's 
 shared cores) weighs on both alike. Measured before this design, with the fault-free 40 s run followed by
 the faulty 40 s run: 0.66 to 1.29 for the same code under load average 13-22, while the kills themselves
 cost a few hundred ms each (benchmarks/disaggregated_vs_monolithic.py's former fault_run, 2026-12-01).
-Each kill lands in the middle of a faulty round, so the round it disrupts is counted.
+Each kill lands in the middle of a faulty round, so the round it disrupts is counted, and the reference
+fleet retires the killed replica's twin from its table at the same moment (see fault_run's `retire`).
 Used by benchmarks/disaggregated_vs_monolithic.py.
 """
 
@@ -71,8 +72,8 @@ def one_round(side: Side, batch, new_tokens: int, errors: list[str]) -> None:
 class Killer:
     """Kills one replica of `fleet` per call (alternating groups, never a group's last live one)."""
 
-    def __init__(self, fleet, restart: bool, errors: list[str]):
-        self.fleet, self.restart, self.errors = fleet, restart, errors
+    def __init__(self, fleet, restart: bool, errors: list[str], on_kill=None):
+        self.fleet, self.restart, self.errors, self.on_kill = fleet, restart, errors, on_kill
         self.live = {name for name, _, _ in fleet.members}
         self.kills: list[str] = []
         self.times: list[float] = []
@@ -100,6 +101,8 @@ class Killer:
         self.fleet.procs[name].wait()
         self.kills.append(name)
         self.live.discard(name)
+        if self.on_kill is not None:
+            self.on_kill(name)
         if self.restart:
             thread = threading.Thread(target=self._restart, args=(name, ex, addr), daemon=True)
             thread.start()
@@ -118,13 +121,18 @@ class Killer:
 
 
 def fault_run(reference: Side, faulty: Side, batch, new_tokens: int, seconds: float, restart: bool = False,
-              say=print, label: str = "") -> dict:
-    """Interleave rounds until the faulty side decoded for `seconds`; kill a replica every ~10 s of it."""
+              say=print, label: str = "", retire=None) -> dict:
+    """Interleave rounds until the faulty side decoded for `seconds`; kill a replica every ~10 s of it.
+
+    `retire(name)`: called after each kill (not with restart), to take the reference fleet's replica of the
+    same name out of its table gracefully, so both fleets keep the same number of serving processes: on a
+    host shared with other work, fewer processes get a smaller share of the cores (CFS shares CPU by runnable
+    task), which is the shrinking fleet's cost, not the kill's."""
     errors: list[str] = []
     warm = SamplingParams(max_tokens=2, ignore_eos=True)
     for side in (reference, faulty):
         side.engine.generate(batch, warm)  # connections, first calls
-    killer = Killer(faulty.fleet, restart, errors)
+    killer = Killer(faulty.fleet, restart, errors, None if restart else retire)
     next_kill, i = KILL_EVERY_S, 0
     while faulty.seconds < seconds:
         side = reference if i % 4 in (0, 3) else faulty
