@@ -12,8 +12,8 @@ same bytes on the same transport (benchmarks/transport_roundtrip.py's echo serve
 
 Prints decode tok/s of both backends at each concurrency and their ratio (targets: >= 0.85 at 64,
 >= 0.90 at 256), then the throughput while one expert replica is SIGKILLed every 10 s divided by the
-throughput of an identical fleet without faults, their rounds interleaved (benchmarks/fault_interleaved.py;
-target >= 0.98, 0 failed requests). Expert servers are separate processes on 127.0.0.1, started with
+throughput of an identical fleet without faults, their rounds interleaved, which retires the killed
+replica's twin at each kill (benchmarks/fault_interleaved.py; target >= 0.98, 0 failed requests). Expert servers are separate processes on 127.0.0.1, started with
 `eaas expert-server`, 2 replicas per group (3 for the fault run, so that 4 kills in 40 s never take a
 group's last replica).
 
