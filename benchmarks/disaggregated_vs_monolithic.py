@@ -10,11 +10,12 @@ slower group's expert compute measured in this process on one thread) divided by
 same bytes on the same transport (benchmarks/transport_roundtrip.py's echo servers); target <= 1.5.
 --json prints every ratio as one JSON object instead of the text lines.
 
-Prints decode tok/s of both backends at each concurrency and their ratio (targets: >= 0.80 at 64,
+Prints decode tok/s of both backends at each concurrency and their ratio (targets: >= 0.85 at 64,
 >= 0.90 at 256), then the throughput while one expert replica is SIGKILLed every 10 s divided by the
-fault-free throughput of the same fleet (target >= 0.98, 0 failed requests). Expert servers are separate
-processes on 127.0.0.1, started with `eaas expert-server`, 2 replicas per group (3 for the fault run, so
-that 4 kills in 40 s never take a group's last replica).
+throughput of an identical fleet without faults, their rounds interleaved, which retires the killed
+replica's twin at each kill (benchmarks/fault_interleaved.py; target >= 0.98, 0 failed requests). Expert servers are separate processes on 127.0.0.1, started with
+`eaas expert-server`, 2 replicas per group (3 for the fault run, so that 4 kills in 40 s never take a
+group's last replica).
 
 Killed replicas are not restarted on this machine unless --restart-on-this-machine is given: on a
 cluster the replacement boots on another node, while here its boot (torch import + weight load, ~15 s of
@@ -32,7 +33,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 from eaas.openmp import quiet_idle_workers
@@ -52,6 +52,11 @@ from eaas.model.checkpoint import Checkpoint
 from eaas.model.tiny import write_tiny_model
 from eaas.topology import expert_groups, format_expert_ids
 from eaas.up import Fleet, wait_healthy
+from fault_interleaved import Side, fault_run  # noqa: E402  (beside this file)
+
+
+KV_CACHE_BYTES = 256 << 20  # per engine: a 256 x 56-token batch needs ~60 MB; the default share of memory
+                            # (10% per engine, 5+ engines in this process) got the run OOM-killed
 
 
 def prompts(n: int) -> list[list[int]]:
@@ -107,21 +112,24 @@ class ExpertFleet:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seqs", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--seqs", type=int, nargs="*", default=[64, 256], help="concurrencies to measure (none: skip)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--hidden-size", type=int, default=256)
-    ap.add_argument("--micro-batches", type=int, default=1,
-                    help="1 on one machine (no idle cores to overlap with); 2+ when experts run elsewhere")
+    ap.add_argument("--micro-batches", type=int, nargs="+", default=[1],
+                    help="micro-batches per step (ping-pong overlap); several values are measured in the same run, "
+                         "each N > 1 as a variant '<transport>-mbN' (the fault run uses the first)")
     ap.add_argument("--experts-per-server", type=int, default=4,
                     help="experts per group: 4 = 2 groups (2 RPCs per layer), 8 = 1 group (1 RPC per layer)")
     ap.add_argument("--fault-seconds", type=float, default=40.0, help="0 skips the fault run")
+    ap.add_argument("--fault-reference-keeps-all", action="store_true",
+                    help="the fault-free reference fleet keeps every replica instead of retiring the killed one's twin")
     ap.add_argument("--restart-on-this-machine", action="store_true",
                     help="restart each killed replica here (SCHED_IDLE while it boots) instead of leaving it dead")
     ap.add_argument("--base-port", type=int, default=24000)
     ap.add_argument("--transport", nargs="+", default=["grpc", "shm"], choices=["grpc", "shm"],
                     help="expert data paths to measure, each on the same expert processes (default: grpc shm)")
     ap.add_argument("--json", action="store_true", help="print the ratios as one JSON object")
-    ap.add_argument("--dispatch-iters", type=int, default=200)
+    ap.add_argument("--dispatch-iters", type=int, default=200, help="0 skips the dispatch ratio")
     args = ap.parse_args()
     report: dict = {"model": f"tiny mixtral hidden {args.hidden_size}, 4 layers, 8 experts top-2, fp32",
                     "experts_per_server": args.experts_per_server, "new_tokens": args.new_tokens,
@@ -133,15 +141,17 @@ def main() -> None:
         write_tiny_model(model, "mixtral", seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
         experts = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=2, base_port=args.base_port)
         try:
-            limits = ScheduleLimits(max_num_seqs=max(args.seqs), max_batched_tokens=8192)
-            mono = monolithic_engine(model, limits=limits)
+            limits = ScheduleLimits(max_num_seqs=max(args.seqs + [64]), max_batched_tokens=8192)
+            mono = monolithic_engine(model, limits=limits, kv_cache_bytes=KV_CACHE_BYTES)
             ckpt = Checkpoint(model)
             say(f"model: {report['model']}; "
                 f"{-(-8 // args.experts_per_server)} expert group(s) x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
                 f"micro-batches {args.micro_batches}")
             backends = {name: remote_backend(experts, ckpt, name) for name in args.transport}
-            engines = {name: engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches)
-                       for name, backend in backends.items()}
+            engines = {name + (f"-mb{mb}" if mb > 1 else ""):
+                       engine_with_backend(ckpt, backend, limits=limits, micro_batches=mb,
+                                           kv_cache_bytes=KV_CACHE_BYTES)
+                       for name, backend in backends.items() for mb in args.micro_batches}
             for n in args.seqs:
                 batch = prompts(n)
                 target = 0.85 if n <= 64 else 0.90
@@ -159,10 +169,10 @@ def main() -> None:
                     row[f"tok_s_{n}"] = {"monolithic": round(m, 1), "disaggregated": round(d, 1), "failed": failed}
                     say(f"{n:4d} seqs [{name:4s}]: monolithic {m:8.1f} tok/s  disaggregated {d:8.1f} tok/s  "
                         f"ratio {d / m:5.2f} (target >= {target:.2f}), failed {failed}")
-            for name, backend in backends.items():
+            for name, backend in backends.items() if args.dispatch_iters > 0 else ():
                 ratio, detail = dispatch_ratio(backend, ckpt, name, args.dispatch_iters,
                                                [list(e) for e, _ in experts.groups()])
-                report["transports"][name]["dispatch_over_bare_roundtrip"] = round(ratio, 2)
+                report["transports"].setdefault(name, {})["dispatch_over_bare_roundtrip"] = round(ratio, 2)
                 report["transports"][name]["dispatch"] = detail
                 say(f"one layer's dispatch [{name:4s}]: {detail['dispatch_ms']:.3f} ms (combine p50 "
                     f"{detail['combine_p50_ms']:.3f} ms - compute {detail['compute_ms']:.3f} ms) / bare round trip "
@@ -171,18 +181,8 @@ def main() -> None:
                 backend.close()
         finally:
             experts.fleet.stop()
-        for i, name in enumerate(args.transport if args.fault_seconds > 0 else []):  # a fresh fleet each: kills
-            fault_fleet = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=3,
-                                      base_port=args.base_port + 50 * (i + 1))
-            try:
-                say(f"[{name}]", end=" ")
-                backend = remote_backend(fault_fleet, ckpt, name)
-                result = fault_run(fault_fleet, engine_with_backend(ckpt, backend, limits=limits,
-                                                                    micro_batches=args.micro_batches), args, say)
-                report["transports"][name].update(result)
-                backend.close()
-            finally:
-                fault_fleet.fleet.stop()
+        if args.fault_seconds > 0:
+            fault_runs(model, ckpt, limits, args, report, say)
     if args.json:
         print(json.dumps(report))
 
@@ -236,107 +236,35 @@ def _dispatch_ratio(backend, ckpt, transport, iters, groups) -> tuple[float, dic
                              "bare_p50_ms": round(1e3 * bare, 3)}
 
 
-def fault_run(experts: ExpertFleet, engine, args, say=print) -> dict:
-    batch = prompts(64)
-    params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)
-    errors: list[str] = []
-
-    def run_for(seconds: float) -> tuple[float, int, list[tuple[float, float]]]:
-        """tok/s, failed requests, and (start, duration) of every decode step (prefill steps left out)."""
-        done = failed = 0
-        steps = []
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            seqs = [engine.add_request(p, params).seq for p in batch]
+def fault_runs(model: str, ckpt: Checkpoint, limits: ScheduleLimits, args, report: dict, say) -> None:
+    """Per transport: a fresh 3-replica fleet loses replicas while a reference fleet of the same shape
+    (shared by the transports, never killed) runs interleaved rounds (benchmarks/fault_interleaved.py)."""
+    reference = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=3,
+                            base_port=args.base_port + 50)
+    try:
+        for i, name in enumerate(args.transport):
+            faulty = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=3,
+                                 base_port=args.base_port + 50 * (i + 2))
             try:
-                while engine.has_unfinished():
-                    prefill = bool(engine.waiting)
-                    t = time.perf_counter()
-                    engine.step()
-                    if not prefill:
-                        steps.append((t, time.perf_counter() - t))
-            except Exception as exc:  # a failed step fails its requests: count them
-                errors.append(f"{type(exc).__name__}: {exc}")
-                for s in list(engine.running) + list(engine.waiting):
-                    engine.abort(s)  # frees their KV blocks
-            done += sum(len(s.output_ids) for s in seqs)
-            failed += sum(1 for s in seqs if len(s.output_ids) != args.new_tokens)
-        return done / (time.perf_counter() - start), failed, steps
+                backends = [remote_backend(fleet, ckpt, name) for fleet in (reference, faulty)]
+                sides = [Side(engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches[0],
+                                                  kv_cache_bytes=KV_CACHE_BYTES),
+                              fleet) for backend, fleet in zip(backends, (reference, faulty))]
+                retired: set[str] = set()
 
-    engine.generate(batch, SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up: connections, first calls
-    clean, clean_failed, _ = run_for(args.fault_seconds)
-    stop = threading.Event()
-    kills, kill_times, recoveries = [], [], []
-
-    def killer():
-        # one replica every 10 s, as the issue asks, alternating groups and never a group's last live replica
-        live = {name for name, _, _ in experts.members}
-        i = 0
-        while not stop.wait(10.0):
-            by_group: dict[tuple, list] = {}
-            for name, ex, addr in experts.members:
-                if name in live:
-                    by_group.setdefault(ex, []).append((name, addr))
-            groups = [g for g in sorted(by_group) if len(by_group[g]) > 1]
-            if not groups:
-                break
-            ex = groups[i % len(groups)]
-            name, addr = by_group[ex][0]
-            kill_times.append(time.perf_counter())
-            experts.procs[name].kill()  # SIGKILL
-            experts.procs[name].wait()
-            kills.append(name)
-            i += 1
-            if not args.restart_on_this_machine:
-                live.discard(name)
-                continue
-            started = time.perf_counter()
-            experts.start(name, ex, addr, background=True)  # a fresh replica comes back on the same address
-            try:
-                wait_healthy(experts.fleet, name, experts.procs[name], addr, 120)
-                os.sched_setscheduler(experts.procs[name].pid, os.SCHED_OTHER, os.sched_param(0))  # now it serves
-                recoveries.append(time.perf_counter() - started)
-            except Exception as exc:  # reported below; the run goes on with one replica fewer
-                errors.append(f"replacement {name} did not come back: {exc}")
-                live.discard(name)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    faulty, faulty_failed, faulty_steps = run_for(args.fault_seconds)
-    stop.set()
-    t.join()
-    say(f"faults: {len(kills)} replicas SIGKILLed in {args.fault_seconds:.0f}s ({', '.join(kills)}); "
-          f"throughput {faulty:.1f} vs {clean:.1f} tok/s fault-free: ratio {faulty / clean:.3f} (target >= 0.98); "
-          f"failed requests {faulty_failed} (fault-free run: {clean_failed}); "
-          + (f"replacements restarted on this machine served again after {', '.join(f'{r:.1f}' for r in recoveries)} s"
-             if args.restart_on_this_machine else "killed replicas not restarted (see --restart-on-this-machine)"))
-    say("  " + kill_disruption(faulty_steps, kill_times))
-    for e in errors[:3]:
-        say("  error:", e[:300])
-    return {"fault_over_fault_free": round(faulty / clean, 3), "fault_failed_requests": faulty_failed,
-            "fault_kills": len(kills), "fault_errors": errors[:3]}
-
-
-def kill_disruption(faulty_steps, kill_times) -> str:
-    """What each kill cost the decode steps around it, against the steps of the 2 s before it.
-
-    The throughput ratio carries the machine's drift between two 40 s runs (a few %); the step in flight
-    at a kill, and the steps of the second after it, compared with the same run just before the kill,
-    show what the kill itself cost.
-    """
-    parts = []
-    for k in kill_times:
-        before = [d for s, d in faulty_steps if k - 2.0 <= s and s + d <= k]
-        if not before:
-            continue
-        typical = statistics.median(before)
-        hit = next(((s, d) for s, d in faulty_steps if s <= k < s + d), None)
-        after = [d for s, d in faulty_steps if k < s < k + 1.0]
-        extra = sum(d - typical for d in after) + (hit[1] - typical if hit else 0.0)
-        parts.append((f"step in flight {hit[1] * 1e3:.0f} ms" if hit else "between steps")
-                     + f" (median before {typical * 1e3:.0f} ms), then {len(after)} steps: "
-                     f"{extra * 1e3:+.0f} ms in all")
-    return "per kill: " + "; ".join(parts) if parts else ""
+                def retire(replica: str, backend=backends[0]) -> None:  # the reference fleet shrinks gracefully
+                    retired.add(replica)
+                    backend.update_table([(e, [a for n, ex, a in reference.members if ex == e and n not in retired])
+                                          for e, _ in reference.groups()])
+                report["transports"].setdefault(name, {}).update(fault_run(
+                    *sides, prompts(64), args.new_tokens, args.fault_seconds, args.restart_on_this_machine, say,
+                    f"[{name}] ", retire=None if args.fault_reference_keeps_all else retire))
+                for backend in backends:
+                    backend.close()
+            finally:
+                faulty.fleet.stop()
+    finally:
+        reference.fleet.stop()
 
 
 if __name__ == "__main__":

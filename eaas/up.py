@@ -21,6 +21,7 @@ from eaas.auth import API_KEY_ENV, resolve_api_key
 from eaas.child_lifetime import die_with_parent
 from eaas.errors import UserError
 from eaas.local_ports import choose_ports
+from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCHES
 from eaas.topology import expert_groups, format_expert_ids
 
 BUILTIN_DIR = Path(os.environ.get("EAAS_CACHE", Path.home() / ".cache" / "eaas")) / "builtin-tiny-mixtral"
@@ -46,6 +47,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
                    help="expert data path between gateways and expert servers: auto = shared-memory slots when "
                         "both ends offer them (they do on one host), shm = slots required, grpc (default auto)")
+    p.add_argument("--micro-batches", type=int, default=DEFAULT_MICRO_BATCHES,
+                   help="each gateway's micro-batches per step (default "
+                        f"{DEFAULT_MICRO_BATCHES}, as `eaas gateway`: see eaas/rpc/micro_batches.py)")
     p.add_argument("--demo", action="store_true", help="stream one completion through the SDK, then stop")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for health (default 180)")
     p.add_argument("--tls", action="store_true", help="make a private CA and certificates under the run directory "
@@ -225,11 +229,9 @@ def run(args) -> int:
         for i in range(args.gateways):
             name = f"gateway-{i}"
             grpc_addr = f"{args.host}:{grpc_ports[i]}"
-            # one micro-batch: on a single machine the experts share the gateway's cores, so there is no
-            # idle hardware to overlap with and more micro-batches only add RPCs (measured: 0.59 vs 0.55)
             argv = py + ["gateway", "--model", str(model), "--expert-servers", ";".join(spec), "--host", args.host,
                          "--grpc-port", str(grpc_ports[i]), "--http-port", str(http_ports[i]),
-                         "--dtype", args.dtype, "--micro-batches", "1", "--transport", args.transport,
+                         "--dtype", args.dtype, "--micro-batches", str(args.micro_batches), "--transport", args.transport,
                          *tls_flags(tls_dir)]
             if redis_url:
                 argv += ["--redis", redis_url]

@@ -7,6 +7,7 @@ No I/O, no clocks and no locks here, so each rule is unit-tested on its own (tes
 from __future__ import annotations
 
 import enum
+import statistics
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -54,7 +55,7 @@ def split_by_group(owner: torch.Tensor, expert_ids: torch.Tensor) -> list[GroupR
         if gi >= 0:
             in_group = owner == gi
             rows = in_group.any(dim=1).nonzero().squeeze(1)
-            split.append(GroupRows(gi, rows, torch.where(in_group, expert_ids, -1)[rows]))
+            split.append(GroupRows(gi, rows, torch.where(in_group, expert_ids, -1).index_select(0, rows)))
     return split
 
 
@@ -109,6 +110,24 @@ def pick_with_fallback(states: Sequence[str], admitted_once: Sequence[bool], out
         index = pick_replica(outstanding, cursor, set(tried) | {
             i for i, s in enumerate(states) if s != "quarantined" or not admitted_once[i]})
     return index
+
+
+HEDGE_FACTOR = 4.0      # an attempt slower than this many times its group's median round trip is hedged
+HEDGE_FLOOR_S = 0.02    # ... but never sooner than this (a quiet machine's layer takes ~1-3 ms)
+HEDGE_HISTORY = 8       # round trips needed before the median means anything
+
+
+def hedge_delay(recent_seconds: Sequence[float], factor: float = HEDGE_FACTOR,
+                floor_s: float = HEDGE_FLOOR_S) -> float | None:
+    """How long an attempt may run before the same request also goes to another replica, or None (never).
+
+    Why: a SIGKILLed server's socket closes only when the kernel has torn the whole process down (measured
+    185-323 ms for a 381 MiB expert server under load), and a stalled one answers not at all until the
+    deadline; servers are stateless, so a second replica's answer is as good and the first one to come wins.
+    """
+    if factor <= 0 or len(recent_seconds) < HEDGE_HISTORY:
+        return None
+    return max(floor_s, factor * statistics.median(recent_seconds))
 
 
 class FailureAction(enum.Enum):

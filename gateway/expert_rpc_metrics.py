@@ -20,6 +20,8 @@ class ExpertRpcMetrics:
                                      buckets=SECONDS_BUCKETS, registry=registry)
         self.failures = Counter("eaas_gateway_expert_rpc_failures", "Failed Combine attempts and refused replicas.",
                                 ["reason"], registry=registry)
+        self.hedges = Counter("eaas_gateway_expert_rpc_hedges", "Combine requests also sent to a second replica "
+                              "because the first had not answered within the hedge delay.", registry=registry)
         self.tokens_routed = PerExpertTokenCounter("eaas_gateway_tokens_routed",
                                                    "Token-expert pairs sent to expert servers, by expert id.", registry)
         self.replicas = ReplicaStateCollector(registry)

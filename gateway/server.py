@@ -20,6 +20,7 @@ from eaas.engine.factory import engine_with_backend, load_tokenizer
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.errors import UserError
+from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCHES
 from eaas.rpc.slot_transport import make_transport
 from eaas.gateway import discovery
 from eaas.gateway.auth import grpc_interceptors
@@ -57,7 +58,7 @@ class GatewayOptions:
     dtype: str = "float32"
     max_num_seqs: int = 256
     max_batched_tokens: int = 4096
-    micro_batches: int = 2
+    micro_batches: int = DEFAULT_MICRO_BATCHES
     prefix_cache: bool = True
     block_size: int = 16
     kv_cache_bytes: int | None = None   # None: kv_budget.py's default share of memory

@@ -111,20 +111,26 @@ def _redis_args(spec: MoESpec) -> list[str]:
     return ["--redis", spec.redis_url] if spec.redis_url else []
 
 
+def _transport_args(spec: MoESpec) -> list[str]:
+    """auto is the commands' default; between pods it is gRPC (no pod reaches another's slot socket)."""
+    return [] if spec.transport == "auto" else ["--transport", spec.transport]
+
+
 def expert_command(spec: MoESpec, group: ExpertGroup) -> list[str]:
     model, _, _ = model_location(spec)
     return ["eaas", "expert-server", "--model", model, "--experts", format_expert_ids(group.experts),
             "--host", "0.0.0.0", "--port", str(EXPERT_GRPC_PORT), "--metrics-port", str(EXPERT_METRICS_PORT),
             "--deployment", spec.name, "--group", group.name,
             "--advertise", f"$(POD_IP):{EXPERT_GRPC_PORT}",  # the registry needs a reachable address
-            *_redis_args(spec), *tls_args(spec)]
+            *_redis_args(spec), *tls_args(spec), *_transport_args(spec)]
 
 
 def gateway_command(spec: MoESpec) -> list[str]:
     model, _, _ = model_location(spec)
     return ["eaas", "gateway", "--model", model, "--topology", f"{TOPOLOGY_DIR}/{TOPOLOGY_KEY}", "--watch-endpoints",
             "--grpc-port", str(GATEWAY_GRPC_PORT), "--http-port", str(GATEWAY_HTTP_PORT),
-            "--deployment", spec.name, *_redis_args(spec), *gateway_tls_args(spec), *api_key_args(spec)]
+            "--deployment", spec.name, *_redis_args(spec), *gateway_tls_args(spec), *api_key_args(spec),
+            *_transport_args(spec)]
 
 
 def _eaas_container(spec: MoESpec, name: str, command: list[str], ports: dict[str, int],

@@ -22,6 +22,7 @@ GATEWAY_HTTP_PORT = 8000
 EXPERT_GRPC_PORT = 50051
 EXPERT_METRICS_PORT = 9090
 DEFAULT_REDIS_IMAGE = "redis:7.2-alpine"
+TRANSPORTS = ("auto", "grpc", "shm")  # the expert data path (eaas/rpc/slot_transport.py)
 
 # Services are DNS-1035 labels: at most 63 characters.
 MAX_SERVICE_NAME = 63
@@ -84,6 +85,7 @@ class MoESpec:
     redis_image: str
     autoscaling: Autoscaling
     security: Security = field(default_factory=Security)
+    transport: str = "auto"
 
     @property
     def groups(self) -> list[ExpertGroup]:
@@ -180,6 +182,7 @@ def _typed_spec(name: str, namespace: str, spec: dict[str, Any], default_redis_i
             policy=str(scaling.get("policy", defaults.policy)),
         ),
         security=_security(spec.get("security") or {}),
+        transport=str(spec.get("transport", "auto")),
     )
     return parsed
 
@@ -234,6 +237,11 @@ def check_spec(spec: MoESpec) -> None:
         raise SpecError("autoscaling.targetTokensPerSecondPerReplica must be > 0")
     if spec.autoscaling.policy not in ("reactive", "predictive"):
         raise SpecError(f"autoscaling.policy must be reactive or predictive, got {spec.autoscaling.policy!r}")
+    if spec.transport not in TRANSPORTS:
+        raise SpecError(f"transport must be one of {', '.join(TRANSPORTS)}, got {spec.transport!r}")
+    if spec.transport == "shm":  # the slots' unix socket is per network namespace, and every pod has its own
+        raise SpecError("transport shm needs the gateway and the expert servers in one network namespace on one "
+                        "host; the operator's pods each have their own: use auto (gRPC between pods) or grpc")
     longest = max((expert_object_name(spec.name, g) for g in spec.groups), key=len)
     if len(longest) > MAX_SERVICE_NAME:
         raise SpecError(f"name too long: service {longest!r} would exceed {MAX_SERVICE_NAME} characters; "

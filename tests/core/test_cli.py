@@ -58,6 +58,16 @@ def test_help_of_every_subcommand():
         assert sub.startswith(f"usage: eaas {name}"), name
 
 
+def test_gateway_and_up_state_the_same_micro_batch_default_they_use():
+    from eaas.gateway.server import GatewayOptions
+    from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCHES
+
+    assert GatewayOptions(model="m").micro_batches == DEFAULT_MICRO_BATCHES
+    for name in ("gateway", "up"):
+        text = " ".join(eaas(name, "--help").stdout.split())
+        assert f"(default {DEFAULT_MICRO_BATCHES}" in text.split("--micro-batches MICRO_BATCHES", 2)[2], name
+
+
 def one_line_error(proc) -> str:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

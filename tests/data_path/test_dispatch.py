@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eaas.gateway.dispatch import (NO_EXPERT, NO_GROUP, FailureAction, failure_action, owner_table, owners,
-                                   pick_replica, pick_with_fallback, refusal, rows_per_request, split_by_group)
+from eaas.gateway.dispatch import (HEDGE_FLOOR_S, NO_EXPERT, NO_GROUP, FailureAction, failure_action, hedge_delay,
+                                   owner_table, owners, pick_replica, pick_with_fallback, refusal, rows_per_request, split_by_group)
 from eaas.protos import expert_pb2
 
 
@@ -115,3 +115,10 @@ def test_fallback_prefers_ready_then_quarantined_replicas_admitted_before():
     assert pick_with_fallback(states, admitted, [0, 5, 0, 0], cursor=0, tried=set()) == 1  # ready, even if busier
     assert pick_with_fallback(states, admitted, [0, 5, 0, 0], cursor=0, tried={1}) == 0    # last resort
     assert pick_with_fallback(states, admitted, [0, 5, 0, 0], cursor=0, tried={0, 1}) is None  # never refused/unseen
+
+
+def test_hedge_delay_is_a_multiple_of_the_median_round_trip_with_a_floor():
+    assert hedge_delay([0.01] * 7) is None  # too little history to know what slow means
+    assert hedge_delay([0.01] * 8 + [5.0], factor=4) == pytest.approx(0.04)  # one straggler moves no median
+    assert hedge_delay([0.001] * 8, factor=4) == HEDGE_FLOOR_S
+    assert hedge_delay([0.01] * 8, factor=0) is None  # hedging off

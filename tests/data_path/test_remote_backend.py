@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -187,5 +189,35 @@ def test_no_replica_left_raises_unavailable_naming_the_experts(transport, own_se
             assert err.value.code == grpc.StatusCode.UNAVAILABLE
             assert err.value.layer == 2 and err.value.expert_ids == [4, 5, 6, 7]
             assert "layer 2, experts 4-7" in str(err.value)
+    finally:
+        backend.close()
+
+
+def _hedges() -> float:
+    text = generate_latest(REGISTRY).decode()
+    return next((float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("eaas_gateway_expert_rpc_hedges_total ")), 0.0)
+
+
+def test_a_stalled_replica_is_hedged_around_and_changes_no_result(transport, own_servers, local, fingerprint):
+    """A replica that stops answering (SIGSTOP: alive, socket open) would hold a layer for the whole attempt
+    deadline; after a few median round trips the same request also goes to its peer, whose answer is used."""
+    a0, a1, b0 = own_servers("0-3", "0-3", "4-7")
+    backend = _backend(transport, [(LOW, [a0.address, a1.address]), (HIGH, [b0.address])],
+                       fingerprint=fingerprint, rpc_timeout_s=600, call_timeout_s=600)
+    try:
+        batches = [(seed % 3, *_batch(seed)) for seed in range(12)]
+        expected = [local.combine(*b) for b in batches]
+        for i in range(12):  # round-trip history for the hedge delay
+            assert torch.equal(backend.combine(*batches[i]), expected[i])
+        before = _hedges()
+        os.kill(a0.proc.pid, signal.SIGSTOP)
+        try:
+            for i in range(4):  # round robin sends at least one of these to the stalled replica
+                assert torch.equal(backend.combine(*batches[i]), expected[i]), f"call {i}"
+            assert _hedges() >= before + 1
+            assert backend.replica_states()[a1.address] == "ready"
+        finally:
+            os.kill(a0.proc.pid, signal.SIGCONT)
     finally:
         backend.close()

@@ -71,6 +71,22 @@ def test_gateway_command_mounts_topology_and_rolls_when_groups_change():
         other["spec"]["template"]["metadata"]["annotations"][hash_key]
 
 
+def test_transport_goes_to_gateway_and_expert_servers_and_shm_is_refused_between_pods():
+    def commands(moe) -> list[list[str]]:
+        return [m["spec"]["template"]["spec"]["containers"][0]["command"] for m in desired_manifests(moe, {}, NEW)
+                if m["kind"] == "Deployment" and m["metadata"]["name"].startswith("mix-")
+                and "redis" not in m["metadata"]["name"]]
+    auto = commands(parse_spec("mix", "team", spec_dict()))
+    assert len(auto) == 4 and not any("--transport" in c for c in auto)  # auto: the commands' default
+    grpc = commands(parse_spec("mix", "team", spec_dict(transport="grpc")))
+    assert [c[:2] for c in grpc] == [c[:2] for c in auto]
+    assert all(c[-2:] == ["--transport", "grpc"] for c in grpc)
+    with pytest.raises(SpecError, match="one network namespace"):
+        parse_spec("mix", "team", spec_dict(transport="shm"))
+    with pytest.raises(SpecError, match="transport must be one of"):
+        parse_spec("mix", "team", spec_dict(transport="nixl"))
+
+
 def test_topology_json_in_configmap_matches_documented_format():
     moe = parse_spec("mix", "team", spec_dict(experts={"expertsPerReplica": 5}))
     configmap = by_name(desired_manifests(moe, {}, NEW), "ConfigMap", "mix-topology")
@@ -216,6 +232,7 @@ def test_python_defaults_equal_the_crd_defaults():
     assert moe.min_replicas == props("experts")["minReplicas"]["default"]
     assert moe.max_replicas == props("experts")["maxReplicas"]["default"]
     assert moe.gateway_replicas == props("gateway")["replicas"]["default"]
+    assert moe.transport == schema["properties"]["transport"]["default"]
     # no CRD default: the operator's --redis-image (chart value managedRedis.image) fills it in
     assert "default" not in props("memPool")["redisImage"]
     scaling = props("autoscaling")
