@@ -151,6 +151,7 @@ def main() -> int:
     p.add_argument("--aux-loss", type=float, default=0.0, help="router load-balancing loss coefficient")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--report-only", action="store_true", help="load --out and print popularity and samples")
+    p.add_argument("--no-report", action="store_true", help="train and write only (for comparing two runs)")
     args = p.parse_args()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
@@ -168,7 +169,8 @@ def main() -> int:
                      seed=args.seed, threads=args.threads, aux_loss=args.aux_loss, torch=torch.__version__,
                      transformers=transformers.__version__, python=platform.python_version(),
                      files=len(stdlib_files()), size_bytes=(out / "model.safetensors").stat().st_size)
-    facts.update(report(model, byte_level_tokenizer()))
+    if not args.no_report:
+        facts.update(report(model, byte_level_tokenizer()))
     print(json.dumps(facts, indent=1))
     return 0
 
