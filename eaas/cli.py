@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("eaas.operator.cli", "run the Kubernetes operator for MoEDeployment resources (kopf)"),
     "plan": ("eaas.plan.cli", "capacity planner: replay a trace under static/reactive/predictive scaling (simulated)"),
     "routing-stats": ("eaas.plan.routing_stats", "export a deployment's per-expert load windows from Redis as JSON"),
+    "top": ("eaas.top.cli", "a refreshing terminal view of a running deployment: tokens/s, per-expert load, replicas"),
 }
 
 

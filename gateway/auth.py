@@ -7,7 +7,7 @@ import grpc
 from aiohttp import web
 
 from eaas.auth import OPEN_GRPC_METHODS, OPEN_HTTP_PATHS, authorized
-from eaas.gateway.openai_protocol import error_body
+from eaas.gateway.openai_bodies import error_body
 
 UNAUTHORIZED_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
 

@@ -50,6 +50,8 @@ class TokenEvent:
     text: str
     index: int                      # position of token_ids[0] among the generated tokens
     finish_reason: str | None = None
+    logprobs: list | None = None    # a TokenLogprobs per token id, when the request asked for logprobs
+    prompt_logprobs: list | None = None  # on the first event, when it asked for them: [None, TokenLogprobs...]
 
 
 @dataclass(eq=False)
@@ -191,7 +193,8 @@ class EngineService:
             if len(resume_ids) >= params.max_tokens:
                 raise RequestError("resume_token_ids already hold max_tokens tokens")
             params = SamplingParams(**{**params.__dict__, "max_tokens": params.max_tokens - len(resume_ids),
-                                       "first_token_index": params.first_token_index + len(resume_ids)})
+                                       "first_token_index": params.first_token_index + len(resume_ids),
+                                       "min_tokens": max(0, params.min_tokens - len(resume_ids))})
         full_prompt = prompt_ids + resume_ids
         self.engine.check_request(full_prompt, params)  # raises RequestError before anything is queued
         req = _Request(full_prompt, params, request_id, len(resume_ids), asyncio.get_running_loop(), asyncio.Queue(),
@@ -239,7 +242,7 @@ class EngineService:
                 if req is None:
                     continue
                 self._offer_new_blocks(req, out)
-                self._post_token(req, out.token_id, now)
+                self._post_token(req, out, now)
 
     def _forget_ended(self) -> None:
         """Drop the requests their callers ended, once the engine has freed them (finish() acts at a step)."""
@@ -275,7 +278,7 @@ class EngineService:
                 req.handle.finish()
                 self._ended.append(req)
 
-    def _post_token(self, req: _Request, token: int, now: float) -> None:
+    def _post_token(self, req: _Request, out: StepOutput, now: float) -> None:
         seq = req.seq
         if req.last_token_at is None:
             self.metrics.ttft.observe(now - req.arrived)
@@ -286,7 +289,8 @@ class EngineService:
         self.metrics.tokens_generated.inc()
         index = req.resumed + len(seq.output_ids) - 1
         text = req.detokenizer.step(seq.output_ids, final=seq.is_finished)
-        event = TokenEvent([token], text, index, seq.finish_reason if seq.is_finished else None)
+        event = TokenEvent([out.token_id], text, index, seq.finish_reason if seq.is_finished else None,
+                           None if out.logprobs is None else [out.logprobs], out.prompt_logprobs)
         if seq.is_finished:
             self._live.pop(seq.seq_id, None)
         self._post(req, event)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway's expert RPCs: round trips, failures, token-expert pairs routed."""
+"""Prometheus metrics of the gateway's expert RPCs: round trips, failures, token-expert pairs routed, replicas."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from eaas.gateway.replica_metrics import ReplicaStateCollector
 from eaas.rpc.metrics import SECONDS_BUCKETS, PerExpertTokenCounter
 
 
@@ -21,6 +22,7 @@ class ExpertRpcMetrics:
                                 ["reason"], registry=registry)
         self.tokens_routed = PerExpertTokenCounter("eaas_gateway_tokens_routed",
                                                    "Token-expert pairs sent to expert servers, by expert id.", registry)
+        self.replicas = ReplicaStateCollector(registry)
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry) -> ExpertRpcMetrics:

@@ -26,7 +26,17 @@ def sampling_params(req: gateway_pb2.GenerateRequest) -> SamplingParams:
         seed=req.seed if req.HasField("seed") else None,
         stop_token_ids=tuple(req.stop_token_ids),
         ignore_eos=req.ignore_eos,
+        presence_penalty=req.presence_penalty if req.HasField("presence_penalty") else 0.0,
+        frequency_penalty=req.frequency_penalty if req.HasField("frequency_penalty") else 0.0,
+        repetition_penalty=req.repetition_penalty if req.HasField("repetition_penalty") else 1.0,
+        min_tokens=req.min_tokens,
+        logprobs=req.logprobs if req.HasField("logprobs") else None,
     )
+
+
+def logprobs_message(entries: list | None) -> list[gateway_pb2.TokenLogprob]:
+    return [gateway_pb2.TokenLogprob(token_id=e.token_id, logprob=e.logprob, top_ids=[t for t, _ in e.top],
+                                     top_logprobs=[lp for _, lp in e.top]) for e in entries or []]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -49,7 +59,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             async with contextlib.aclosing(events):  # a client that leaves ends its generation
                 async for event in events:
                     yield gateway_pb2.GenerateResponse(token_ids=event.token_ids, text=event.text,
-                                                       finish_reason=event.finish_reason or "", index=event.index)
+                                                       finish_reason=event.finish_reason or "", index=event.index,
+                                                       logprobs=logprobs_message(event.logprobs))
         except RequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except GenerationFailed as exc:

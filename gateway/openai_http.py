@@ -20,24 +20,29 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eaas.engine.llm_engine import RequestError
 from eaas.gateway.auth import http_api_key_middleware
-from eaas.gateway.engine_service import EngineService, GenerationFailed, QueueFull, TokenEvent, TokenStream
+from eaas.gateway.choice_streams import ChoiceStreams
+from eaas.gateway.engine_service import EngineService, GenerationFailed, QueueFull
+from eaas.gateway.openai_bodies import (
+    ChatLogprobs,
+    CompletionLogprobs,
+    ResponseHeader,
+    chat_choice,
+    chat_delta_choice,
+    chat_role_choice,
+    completion_choice,
+    error_body,
+    models_body,
+    usage_body,
+)
+from eaas.gateway.openai_choice import ChoiceBuilder, Echo
 from eaas.gateway.openai_protocol import (
     InvalidRequest,
     ParsedRequest,
-    ResponseHeader,
     StopStringCutter,
-    chat_body,
-    chat_chunk,
-    chat_role_chunk,
-    completion_body,
-    completion_chunk,
-    error_body,
-    models_body,
     parse_chat_request,
     parse_completion_request,
-    usage_body,
-    usage_chunk,
 )
+from eaas.gateway.token_strings import TokenStrings
 
 log = logging.getLogger("eaas.gateway.http")
 MAX_BODY_BYTES = 4 << 20  # a larger body is refused with 413: room for a 128k-token prompt as an id list
@@ -53,16 +58,20 @@ class ClientGone(Exception):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How one generation endpoint shapes its ids, bodies and stream chunks."""
+    """How one generation endpoint shapes its ids, bodies, choices and stream chunks."""
     id_prefix: str
+    body_object: str
     chunk_object: str
-    body: Callable[..., dict]           # (header, text, token_ids, finish_reason, usage) -> dict
-    chunk: Callable[..., dict]          # (header, text, token_ids, finish_reason) -> dict
-    opening_chunks: Callable[[ResponseHeader], list[dict]]
+    choice: Callable[..., dict]         # (index, text, token_ids, finish_reason, logprobs) -> a body's choice
+    delta: Callable[..., dict]          # the same for a stream chunk
+    opening_choice: Callable[[int], dict] | None   # each choice's first chunk, before its tokens
+    logprobs: type                      # CompletionLogprobs or ChatLogprobs
 
 
-COMPLETIONS = Endpoint("cmpl", "text_completion", completion_body, completion_chunk, lambda h: [])
-CHAT = Endpoint("chatcmpl", "chat.completion.chunk", chat_body, chat_chunk, lambda h: [chat_role_chunk(h)])
+COMPLETIONS = Endpoint("cmpl", "text_completion", "text_completion", completion_choice, completion_choice, None,
+                       CompletionLogprobs)
+CHAT = Endpoint("chatcmpl", "chat.completion", "chat.completion.chunk", chat_choice, chat_delta_choice,
+                chat_role_choice, ChatLogprobs)
 
 
 def build_http_app(service: EngineService, model_name: str, api_key: str | None = None) -> web.Application:
@@ -107,7 +116,7 @@ async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
     except InvalidRequest as exc:
         return _error(400, str(exc), exc.param)
     except RequestError as exc:
-        return _error(400, str(exc))
+        return _error(400, str(exc), exc.param)
     except ModelNotFound as exc:
         return _error(404, str(exc), "model", code="model_not_found")
     except QueueFull as exc:
@@ -133,6 +142,7 @@ class OpenAIHandlers:
         self.service = service
         self.model_name = model_name
         self.created = int(time.time())
+        self.token_strings = TokenStrings(service.tokenizer)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(models_body(self.model_name, self.created))
@@ -148,7 +158,11 @@ class OpenAIHandlers:
         req = parse_completion_request(await _json_body(request))
         self._check_model(req.model)
         prompt_ids = req.prompt if isinstance(req.prompt, list) else self.service.encode(req.prompt)
-        return await self._generate(request, req, prompt_ids, COMPLETIONS)
+        echo = None
+        if req.echo:
+            text = req.prompt if isinstance(req.prompt, str) else self._decode(prompt_ids)
+            echo = Echo(text, list(prompt_ids))
+        return await self._generate(request, req, prompt_ids, COMPLETIONS, echo)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         req = parse_chat_request(await _json_body(request))
@@ -160,56 +174,67 @@ class OpenAIHandlers:
         if model is not None and model != self.model_name:
             raise ModelNotFound(f"the model {model!r} does not exist here: this gateway serves {self.model_name!r}")
 
+    def _decode(self, ids: list[int]) -> str:
+        tokenizer = self.service.tokenizer
+        return "" if tokenizer is None else tokenizer.decode(ids, skip_special_tokens=True)
+
     async def _generate(self, request: web.Request, req: ParsedRequest, prompt_ids: list[int],
-                        endpoint: Endpoint) -> web.StreamResponse:
+                        endpoint: Endpoint, echo: Echo | None = None) -> web.StreamResponse:
         header = ResponseHeader(f"{endpoint.id_prefix}-{uuid.uuid4().hex}", int(time.time()), self.model_name)
         params = req.sampling_params(len(prompt_ids), self.service.engine.model.max_positions)
-        # Closing the event stream aborts its generation: on a stop string, an error or a client that left.
-        async with contextlib.aclosing(self.service.generate(prompt_ids, params, header.id)) as events:
+        choices = [ChoiceBuilder(i, StopStringCutter(req.stop), params.min_tokens,
+                                 None if params.logprobs is None else endpoint.logprobs(self.token_strings), echo)
+                   for i in range(req.n)]
+        streams = ChoiceStreams(self.service, prompt_ids, req.choice_params(params), header.id)
+        # Closing the event stream aborts every generation still running: on an error or a client that left.
+        async with contextlib.aclosing(streams.events()) as events:
             if req.stream:
-                return await _stream(request, events, req, header, endpoint, len(prompt_ids))
-            return await _collect(request, events, req, header, endpoint, len(prompt_ids))
+                return await _stream(request, streams, events, choices, req, header, endpoint, len(prompt_ids))
+            return await _collect(request, streams, events, choices, header, endpoint, len(prompt_ids))
 
 
-async def _collect(request: web.Request, events: TokenStream, req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
-                   prompt_tokens: int) -> web.Response:
-    cutter = StopStringCutter(req.stop)
-    texts, token_ids, finish_reason = [], [], None
-    async for event in events:
-        text, finish_reason = cutter.next_piece(event.text, event.finish_reason)
-        texts.append(text)
-        token_ids.extend(event.token_ids)
-        if _cut_by_stop_string(finish_reason, event):
-            events.finish()  # a normal end (counted "ok"): the rest is not generated
-            break
+async def _collect(request: web.Request, streams: ChoiceStreams, events, choices: list[ChoiceBuilder],
+                   header: ResponseHeader, endpoint: Endpoint, prompt_tokens: int) -> web.Response:
+    async for index, event in events:
+        piece = choices[index].take(event)
+        if piece is not None and piece.cut:
+            streams.finish(index)  # a normal end (counted "ok"): the rest is not generated
+            if all(c.finish_reason for c in choices):
+                break
         if request.transport is None or request.transport.is_closing():
             raise ClientGone()
-    usage = usage_body(prompt_tokens, len(token_ids))
-    return web.json_response(endpoint.body(header, "".join(texts), token_ids, finish_reason, usage))
+    usage = usage_body(prompt_tokens, sum(len(c.token_ids) for c in choices))
+    body = header.envelope(endpoint.body_object, [c.whole(endpoint.choice) for c in choices], usage=usage)
+    return web.json_response(body)
 
 
-async def _stream(request: web.Request, events: TokenStream, req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
+async def _stream(request: web.Request, streams: ChoiceStreams, events, choices: list[ChoiceBuilder],
+                  req: ParsedRequest, header: ResponseHeader, endpoint: Endpoint,
                   prompt_tokens: int) -> web.StreamResponse:
     """Server-sent events; the response starts with the first token, so that bad input still gets a 400."""
-    cutter = StopStringCutter(req.stop)
-    response, completion_tokens = None, 0
+    response = None
     try:
-        async for event in events:
-            text, finish_reason = cutter.next_piece(event.text, event.finish_reason)
-            completion_tokens += len(event.token_ids)
+        async for index, event in events:
+            piece = choices[index].take(event)
+            if piece is None:
+                continue  # a choice a stop string ended: tokens already on their way
             if response is None:
                 response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                        "Cache-Control": "no-cache"})
                 await response.prepare(request)
-                for chunk in endpoint.opening_chunks(header):
-                    await _send_event(response, chunk)
-            await _send_event(response, endpoint.chunk(header, text, event.token_ids, finish_reason))
-            if _cut_by_stop_string(finish_reason, event):
-                events.finish()
-                break
+                if endpoint.opening_choice is not None:
+                    for c in choices:
+                        await _send_event(response, header.envelope(endpoint.chunk_object,
+                                                                     [endpoint.opening_choice(c.index)]))
+            delta = endpoint.delta(index, piece.text, piece.token_ids, piece.finish_reason, piece.logprobs)
+            await _send_event(response, header.envelope(endpoint.chunk_object, [delta]))
+            if piece.cut:
+                streams.finish(index)
+                if all(c.finish_reason for c in choices):
+                    break
         if req.include_usage:
-            await _send_event(response, usage_chunk(header, endpoint.chunk_object,
-                                                    usage_body(prompt_tokens, completion_tokens)))
+            usage = usage_body(prompt_tokens, sum(len(c.token_ids) for c in choices))
+            await _send_event(response, header.envelope(endpoint.chunk_object, [], usage=usage))
         await response.write(b"data: [DONE]\n\n")
     except GenerationFailed as exc:
         if response is None:
@@ -220,12 +245,6 @@ async def _stream(request: web.Request, events: TokenStream, req: ParsedRequest,
         return response
     await response.write_eof()
     return response
-
-
-def _cut_by_stop_string(finish_reason: str | None, event: TokenEvent) -> bool:
-    # Only a stop string ends the loop early (finish() ends the rest, counted "ok"); after the engine's
-    # own last event the loop runs on, so that the service sees the request complete.
-    return finish_reason is not None and event.finish_reason is None
 
 
 async def _send_event(response: web.StreamResponse, payload: dict) -> None:

@@ -10,17 +10,17 @@ import json
 import math
 from dataclasses import dataclass, replace
 
-from eaas.engine.sequence import SamplingParams
+from eaas.engine.sequence import MAX_LOGPROBS, InvalidParam, SamplingParams
 
 DEFAULT_MAX_TOKENS = 16     # OpenAI's default for /v1/completions
 DEFAULT_TEMPERATURE = 1.0   # OpenAI's default; our greedy decoding is temperature 0
 MAX_SEED = 2**64 - 1        # the range torch.Generator.manual_seed accepts
+MAX_N = 128                 # choices per request (OpenAI's limit)
 
-# Known OpenAI fields we do not implement: a value other than "off" is refused rather than silently
-# ignored, because ignoring it would change what the client gets. "Off" is 1 for the counts, else falsy.
-_UNSUPPORTED_COUNTS = ("n", "best_of")
-_UNSUPPORTED_FLAGS = ("echo", "suffix", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
-                      "logit_bias", "tools")
+# Known OpenAI fields we do not implement: a value other than "off" (falsy) is refused rather than silently
+# ignored, because ignoring it would change what the client gets.
+_UNSUPPORTED_COMPLETION = ("suffix", "logit_bias", "tools")
+_UNSUPPORTED_CHAT = ("echo", "logit_bias", "tools")  # echo is a vLLM extension of chat
 
 
 class InvalidRequest(ValueError):
@@ -42,45 +42,89 @@ class ParsedRequest:
     include_usage: bool                 # stream_options.include_usage: a last chunk carries the usage
     prompt: str | list[int] | None = None       # /v1/completions: text, or token ids
     messages: list[dict] | None = None          # /v1/chat/completions: [{"role", "content"}] with text content
+    n: int = 1                                  # choices: n generations of the same prompt
+    echo: bool = False                          # /v1/completions: the prompt leads each choice's text (and logprobs)
 
     def sampling_params(self, prompt_len: int, context_len: int) -> SamplingParams:
-        """The engine's parameters for a prompt of prompt_len tokens in a model of context_len positions."""
-        if not self.fill_context:
-            return self.params
-        return replace(self.params, max_tokens=max(1, context_len - prompt_len))
+        """The engine's parameters for a prompt of prompt_len tokens in a model of context_len positions;
+        raises InvalidRequest for values out of range."""
+        params = self.params
+        if self.fill_context:
+            params = replace(params, max_tokens=max(1, context_len - prompt_len))
+        try:
+            params.validate()
+        except InvalidParam as exc:
+            raise InvalidRequest(str(exc), exc.param) from None
+        return params
+
+    def choice_params(self, params: SamplingParams) -> list[SamplingParams]:
+        """Each choice's parameters: a seeded request gives choice i the seed + i (as vLLM), so choices differ
+        and repeat; only the first scores the prompt (the others share its prompt KV through the prefix cache)."""
+        out = [params]
+        for i in range(1, self.n):
+            seed = None if params.seed is None else (params.seed + i) % (MAX_SEED + 1)
+            out.append(replace(params, seed=seed, prompt_logprobs=None))
+        return out
 
 
 def parse_completion_request(body) -> ParsedRequest:
     """Validate a /v1/completions body. One prompt per request: a list of several prompts is refused."""
-    body = _require_object(body)
-    params, fill_context = _sampling_params(body, default_max_tokens=DEFAULT_MAX_TOKENS)
+    body = _require_object(body, _UNSUPPORTED_COMPLETION)
+    logprobs = _optional_int(body, "logprobs", minimum=0)
+    echo = body.get("echo") or False
+    if not isinstance(echo, bool):
+        raise InvalidRequest("echo must be a boolean", "echo")
+    params, fill_context = _sampling_params(body, default_max_tokens=DEFAULT_MAX_TOKENS, logprobs=logprobs,
+                                            prompt_logprobs=logprobs if echo else None)
     return ParsedRequest(_model(body), params, fill_context, _stop(body), *_stream(body),
-                         prompt=_prompt(body.get("prompt")))
+                         prompt=_prompt(body.get("prompt")), n=_n(body), echo=echo)
 
 
 def parse_chat_request(body) -> ParsedRequest:
     """Validate a /v1/chat/completions body; without max_tokens the reply may fill the rest of the context."""
-    body = _require_object(body)
+    body = _require_object(body, _UNSUPPORTED_CHAT)
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
         body = {**body, "max_tokens": body["max_completion_tokens"]}  # the newer name of the same limit
-    params, fill_context = _sampling_params(body, default_max_tokens=None)
+    params, fill_context = _sampling_params(body, default_max_tokens=None, logprobs=_chat_logprobs(body))
     return ParsedRequest(_model(body), params, fill_context, _stop(body), *_stream(body),
-                         messages=_messages(body.get("messages")))
+                         messages=_messages(body.get("messages")), n=_n(body))
 
 
 # --- fields -------------------------------------------------------------------------------------------
-def _require_object(body) -> dict:
+def _require_object(body, unsupported: tuple[str, ...]) -> dict:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    for name in _UNSUPPORTED_COUNTS + _UNSUPPORTED_FLAGS:
-        value = body.get(name)
-        if name in _UNSUPPORTED_COUNTS:
-            off = value is None or (_is_int(value) and value == 1)
-        else:
-            off = not value
-        if not off:
-            raise InvalidRequest(f"{name}={json.dumps(value)} is not supported by this server", name)
+    for name in unsupported:
+        if body.get(name):
+            raise InvalidRequest(f"{name}={json.dumps(body[name])} is not supported by this server", name)
     return body
+
+
+def _n(body: dict) -> int:
+    """n, and best_of as vLLM's V1 engine takes it: equal to n at most (no server-side ranking)."""
+    n = _optional_int(body, "n", minimum=1) or 1
+    if n > MAX_N:
+        raise InvalidRequest(f"n must be at most {MAX_N}, got {n}", "n")
+    best_of = _optional_int(body, "best_of", minimum=1)
+    if best_of is not None and best_of < n:
+        raise InvalidRequest(f"best_of must be >= n ({n}), got {best_of}", "best_of")
+    if best_of is not None and best_of > n:
+        raise InvalidRequest(f"best_of > n is not supported by this server (it does not rank candidates): "
+                             f"got best_of={best_of}, n={n}", "best_of")
+    return n
+
+
+def _chat_logprobs(body: dict) -> int | None:
+    """Chat's `logprobs: true` + `top_logprobs: k` -> the top alternatives per token, or None (no logprobs)."""
+    wanted = body.get("logprobs") or False
+    if not isinstance(wanted, bool):
+        raise InvalidRequest("logprobs must be a boolean", "logprobs")
+    top = _optional_int(body, "top_logprobs", minimum=0)
+    if top is not None and top > MAX_LOGPROBS:
+        raise InvalidRequest(f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {top}", "top_logprobs")
+    if top is not None and not wanted:
+        raise InvalidRequest("top_logprobs needs logprobs: true", "top_logprobs")
+    return (top or 0) if wanted else None
 
 
 def _model(body: dict) -> str | None:
@@ -90,7 +134,8 @@ def _model(body: dict) -> str | None:
     return model
 
 
-def _sampling_params(body: dict, default_max_tokens: int | None) -> tuple[SamplingParams, bool]:
+def _sampling_params(body: dict, default_max_tokens: int | None, logprobs: int | None = None,
+                     prompt_logprobs: int | None = None) -> tuple[SamplingParams, bool]:
     max_tokens = _optional_int(body, "max_tokens", minimum=1)
     fill_context = max_tokens is None and default_max_tokens is None
     temperature = _optional_number(body, "temperature", DEFAULT_TEMPERATURE)
@@ -109,7 +154,12 @@ def _sampling_params(body: dict, default_max_tokens: int | None) -> tuple[Sampli
     if not isinstance(ignore_eos, bool):
         raise InvalidRequest("ignore_eos must be a boolean", "ignore_eos")
     params = SamplingParams(max_tokens=max_tokens or default_max_tokens or 1, temperature=temperature,
-                            top_p=top_p, seed=seed, stop_token_ids=tuple(stop_token_ids), ignore_eos=ignore_eos)
+                            top_p=top_p, seed=seed, stop_token_ids=tuple(stop_token_ids), ignore_eos=ignore_eos,
+                            presence_penalty=_optional_number(body, "presence_penalty", 0.0),
+                            frequency_penalty=_optional_number(body, "frequency_penalty", 0.0),
+                            repetition_penalty=_optional_number(body, "repetition_penalty", 1.0),
+                            min_tokens=_optional_int(body, "min_tokens", minimum=0) or 0,
+                            logprobs=logprobs, prompt_logprobs=prompt_logprobs)
     return params, fill_context
 
 
@@ -225,8 +275,11 @@ class StopStringCutter:
         held, self._held = self._held, ""
         return held
 
-    def next_piece(self, text: str, finish_reason: str | None) -> tuple[str, str | None]:
-        """(text to send, finish reason) for one engine event: "stop" at a stop string, else the engine's."""
+    def next_piece(self, text: str, finish_reason: str | None, armed: bool = True) -> tuple[str, str | None]:
+        """(text to send, finish reason) for one engine event: "stop" at a stop string, else the engine's.
+        armed=False: stop strings do not apply yet (before min_tokens tokens, as vLLM)."""
+        if not armed:
+            return text, finish_reason
         text, stopped = self.feed(text)
         if stopped:
             return text, "stop"
@@ -241,65 +294,3 @@ class StopStringCutter:
             if any(s.startswith(text[-n:]) for s in self.stops):
                 return n
         return 0
-
-
-# --- response bodies ----------------------------------------------------------------------------------
-def error_body(message: str, param: str | None = None, error_type: str = "invalid_request_error",
-               code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def models_body(model_name: str, created: int) -> dict:
-    return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                        "owned_by": "eaas"}]}
-
-
-@dataclass(frozen=True)
-class ResponseHeader:
-    """What every body and chunk of one response repeats."""
-    id: str
-    created: int
-    model: str
-
-    def envelope(self, object_name: str, choices: list[dict], **extra) -> dict:
-        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
-                "choices": choices, **extra}
-
-
-def _choice(token_ids: list[int], finish_reason: str | None, **content) -> dict:
-    # token_ids is our extension: the exact generated ids, which text cannot always round-trip
-    return {"index": 0, **content, "finish_reason": finish_reason, "logprobs": None, "token_ids": token_ids}
-
-
-def completion_body(h: ResponseHeader, text: str, token_ids: list[int], finish_reason: str | None,
-                    usage: dict) -> dict:
-    return h.envelope("text_completion", [_choice(token_ids, finish_reason, text=text)], usage=usage)
-
-
-def completion_chunk(h: ResponseHeader, text: str, token_ids: list[int], finish_reason: str | None) -> dict:
-    return h.envelope("text_completion", [_choice(token_ids, finish_reason, text=text)])
-
-
-def chat_body(h: ResponseHeader, text: str, token_ids: list[int], finish_reason: str | None, usage: dict) -> dict:
-    message = {"role": "assistant", "content": text}
-    return h.envelope("chat.completion", [_choice(token_ids, finish_reason, message=message)], usage=usage)
-
-
-def chat_chunk(h: ResponseHeader, text: str, token_ids: list[int], finish_reason: str | None) -> dict:
-    delta = {"content": text} if text else {}
-    return h.envelope("chat.completion.chunk", [_choice(token_ids, finish_reason, delta=delta)])
-
-
-def chat_role_chunk(h: ResponseHeader) -> dict:
-    """The first chunk of a chat stream: who speaks, before any content."""
-    return h.envelope("chat.completion.chunk", [_choice([], None, delta={"role": "assistant", "content": ""})])
-
-
-def usage_chunk(h: ResponseHeader, object_name: str, usage: dict) -> dict:
-    """The last chunk of a stream with stream_options.include_usage: no choices, the usage."""
-    return h.envelope(object_name, [], usage=usage)

@@ -75,6 +75,7 @@ class RemoteExpertBackend:
         self.table = ReplicaTable(groups, fingerprint=fingerprint, layers=layers, transport=self.transport,
                                   failures=self.metrics.failures, connect_timeout_s=connect_timeout_s,
                                   probe_interval_s=probe_interval_s)
+        self.metrics.replicas.watch(self.table)
 
     def update_table(self, groups: Iterable) -> None:
         """Replace the replica table (discovery). Kept addresses keep their state; new ones are verified now."""
@@ -88,6 +89,7 @@ class RemoteExpertBackend:
         return self.table.specs()
 
     def close(self) -> None:
+        self.metrics.replicas.forget(self.table)
         self.table.close()
         self.transport.close()
 

@@ -2,10 +2,15 @@
 
 A pure function of past load readings, so the operator (autoscaling.policy: predictive) and the planner
 (`eaas plan`) run the same code. Three signals:
-- trend: the least-squares slope of a group's last readings, extrapolated `horizon_s` ahead (a replica
-  asked for now serves only after its start-up delay, so that is when its load matters);
-- burst statistics: the readings' spread around that line (standard deviation) x `burst_z` is added as
-  headroom: a group whose load jumps keeps spare replicas, a smooth one does not;
+- trend: the least-squares line through a group's last readings (10 minutes by default: long enough that
+  minute-scale bursts are noise around the line, not its slope), extrapolated `horizon_s` ahead (a replica
+  asked for now serves only after its start-up delay, so that is when its load matters); a falling line
+  is not extrapolated: scale-down follows what is seen, not what is guessed;
+- burst statistics: the readings' spread around their lines, relative to the level and pooled over all
+  groups (load-weighted), x `burst_z` x a group's level is added as headroom. Pooled because bursts are
+  mostly the whole deployment's traffic moving at once, and because a decode step waits for the slowest
+  group: every group keeps the same relative margin, where per-group spreads from 40 noisy readings would
+  leave some groups with less margin than others (and those set the step time);
 - routing affinity: a group's load follows the load of the groups that route tokens into it (the experts a
   token picks in one layer predict the next layer's, "Patterns behind Chaos", arXiv 2510.05497), so each
   group's trend forecast is blended with the affinity-weighted trend forecasts of the others.
@@ -26,8 +31,8 @@ ASSUMED_STARTUP_S = 60.0  # the operator's horizon: a replica's start-up (not in
 @dataclass(frozen=True)
 class ForecastSettings:
     horizon_s: float                # how far ahead: replica start-up delay + one decision interval
-    lookback: int = 8               # readings used for the trend and the spread
-    burst_z: float = 2.0            # headroom in standard deviations of the readings around the trend
+    lookback: int = 40              # readings used for the trend and the spread (40 x 15 s = 10 min)
+    burst_z: float = 1.75           # headroom in (pooled, relative) standard deviations around the trend
     affinity_weight: float = 0.3    # share of the routed (affinity) forecast in the blend
 
 
@@ -56,7 +61,8 @@ def fit_trend(readings: Sequence[tuple[float, float]], lookback: int) -> TrendFi
 
 
 def trend_forecast(fit: TrendFit, horizon_s: float) -> float:
-    return max(0.0, fit.level + fit.slope * horizon_s)
+    """The line horizon_s ahead when rising; its level now when falling (scale down on what is seen)."""
+    return max(0.0, fit.level + max(0.0, fit.slope) * horizon_s)
 
 
 def routed_forecasts(forecasts: Sequence[float], affinity: Sequence[Sequence[float]]) -> list[float]:
@@ -88,7 +94,14 @@ def forecast_loads(readings: Sequence[Sequence[tuple[float, float]]], settings: 
         routed = routed_forecasts(own, affinity)
         w = settings.affinity_weight
         own = [(1 - w) * o + w * r for o, r in zip(own, routed)]
-    return [max(0.0, o + settings.burst_z * f.spread) for o, f in zip(own, fits)]
+    relative = pooled_relative_spread(fits)
+    return [max(0.0, o + settings.burst_z * relative * max(0.0, f.level)) for o, f in zip(own, fits)]
+
+
+def pooled_relative_spread(fits: Sequence[TrendFit]) -> float:
+    """sqrt(sum spread^2 / sum level^2): the groups' common relative spread, weighted by load."""
+    levels = sum(max(0.0, f.level) ** 2 for f in fits)
+    return math.sqrt(sum(f.spread ** 2 for f in fits) / levels) if levels > 0 else 0.0
 
 
 def predictive_policy(policy: ScalingPolicy, horizon_s: float) -> ScalingPolicy:

@@ -17,8 +17,9 @@ import torch
 from eaas.engine.block_manager import BlockManager, blocks_for, chain_hashes
 from eaas.engine.kv_budget import default_kv_cache_bytes, num_blocks_in_budget
 from eaas.engine.kv_cache import KVCache, bytes_per_block, probe_layer_shapes
+from eaas.engine.logprobs import TokenLogprobs, prompt_rows, prompt_token_logprobs, token_logprobs
 from eaas.engine.model_runner import ModelRunner
-from eaas.engine.sampler import sample_next
+from eaas.engine.sampler import apply_penalties, forbid_tokens, sample_next
 from eaas.engine.scheduler import Demand, ScheduleLimits, schedule
 from eaas.engine.sequence import SamplingParams, Sequence, Status
 from eaas.model.dense import DenseModel
@@ -27,7 +28,11 @@ Block = list[torch.Tensor]  # one MemPool block: [k0, v0, k1, v1, ...], each [he
 
 
 class RequestError(ValueError):
-    """A request the engine refuses (bad ids, too long): the message says why."""
+    """A request the engine refuses (bad ids, too long): the message says why, `param` which field if known."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass
@@ -36,6 +41,8 @@ class StepOutput:
     token_id: int
     new_blocks: list[Block] = field(default_factory=list)  # MemPool blocks completed since its last output
     first_block: int = 0                                    # index of new_blocks[0] among its blocks
+    logprobs: TokenLogprobs | None = None                   # when the request asked for logprobs
+    prompt_logprobs: list | None = None                     # on its first output, when it asked for them
 
 
 class RequestHandle:
@@ -96,7 +103,7 @@ class LLMEngine:
         try:
             params.validate()
         except ValueError as exc:
-            raise RequestError(str(exc)) from None
+            raise RequestError(str(exc), getattr(exc, "param", None)) from None
         if not prompt_ids:
             raise RequestError("prompt is empty")
         vocab = self.model.vocab_size
@@ -118,7 +125,7 @@ class LLMEngine:
         tokens each), written into the cache when the request starts running."""
         self.check_request(prompt_ids, params)
         seq = Sequence([int(t) for t in prompt_ids], params, request_id=request_id)
-        if cached_blocks:
+        if cached_blocks and not seq.scoring_prompt:
             seq.pending_import = list(cached_blocks)
             seq.exported_blocks = len(cached_blocks)  # the pool has them already
         self.waiting.append(seq)
@@ -168,24 +175,40 @@ class LLMEngine:
             self._cached_more(seq, n)
             if seq.num_uncached > 0:  # mid-prompt chunk: nothing to sample yet
                 continue
-            p = seq.params
-            token = greedy[i] if p.temperature <= 0 else sample_next(logits[i], p.temperature, p.top_p, seq.next_generator())
+            token = self._sample(seq, logits[i], greedy[i])
             seq.output_ids.append(token)
-            outputs.append(self._output(seq, token))
+            outputs.append(self._output(seq, token, logits[i]))
             reason = self._stop_reason(seq, token)
             if reason:
                 self.running.remove(seq)
                 self._finish(seq, reason)
         return outputs
 
+    def _sample(self, seq: Sequence, logits: torch.Tensor, greedy: int) -> int:
+        p = seq.params
+        if p.adjusts_logits:
+            # a resumed stream's earlier tokens end its prompt: they count as output, as in the uninterrupted one
+            resumed = seq.prompt_ids[len(seq.prompt_ids) - p.first_token_index:] if p.first_token_index else []
+            logits = apply_penalties(logits, seq.prompt_ids, resumed + seq.output_ids, p.repetition_penalty,
+                                     p.frequency_penalty, p.presence_penalty)
+            if len(seq.output_ids) < p.min_tokens:
+                logits = forbid_tokens(logits, [*p.stop_token_ids, *([] if p.ignore_eos else self.eos_ids)])
+            greedy = int(torch.argmax(logits))
+        return greedy if p.temperature <= 0 else sample_next(logits, p.temperature, p.top_p, seq.next_generator())
+
     def _running_demand(self, seq: Sequence) -> Demand:
         table = seq.block_table
         return Demand(seq.num_cached, seq.num_uncached, len(table), self.blocks.exclusive(table))
 
     def _waiting_demand(self, seq: Sequence) -> Demand:
-        names = self._names(seq, (seq.num_tokens - 1) // self.block_size)  # the last token always runs
+        names = self._names(seq, self._reusable_blocks(seq))
         cached = max(len(self.blocks.cached_prefix(names)) * self.block_size, self._import_tokens(seq))
         return Demand(cached, seq.num_tokens - cached, self.blocks.shared_hits(names))
+
+    def _reusable_blocks(self, seq: Sequence) -> int:
+        """Full blocks it may take from the prefix cache: not its last token's (that one always runs), and
+        none while its prompt's logprobs are to be computed (they need the prompt's logits)."""
+        return 0 if seq.scoring_prompt else (seq.num_tokens - 1) // self.block_size
 
     def _names(self, seq: Sequence, n: int) -> list[bytes]:
         """Chain hashes of the sequence's first n full blocks (memoised on the sequence)."""
@@ -201,7 +224,7 @@ class LLMEngine:
     def _admit(self, seq: Sequence, planned: int) -> int | None:
         """Start running a waiting sequence: shared cached blocks, then MemPool blocks, then fresh ones.
         Returns how many tokens it feeds now, or None when its blocks do not fit after all."""
-        table = self.blocks.take_cached(self._names(seq, (seq.num_tokens - 1) // self.block_size))
+        table = self.blocks.take_cached(self._names(seq, self._reusable_blocks(seq)))
         seq.block_table, seq.num_cached = table, len(table) * self.block_size
         take = min(planned, seq.num_tokens - max(seq.num_cached, self._import_tokens(seq)))
         end = max(seq.num_cached, self._import_tokens(seq)) + take
@@ -248,14 +271,20 @@ class LLMEngine:
             for b in range(before, full):
                 self.blocks.name(seq.block_table[b], names[b])
 
-    def _output(self, seq: Sequence, token: int) -> StepOutput:
+    def _output(self, seq: Sequence, token: int, logits: torch.Tensor) -> StepOutput:
+        out = StepOutput(seq, token)
+        p = seq.params
+        if p.logprobs is not None:
+            out.logprobs = token_logprobs(logits, token, p.logprobs)
+        if p.prompt_logprobs is not None and len(seq.output_ids) == 1:
+            out.prompt_logprobs = seq.prompt_logprobs
         ebs = self.export_block_size
-        if not ebs:
-            return StepOutput(seq, token)
-        first, full = seq.exported_blocks, seq.num_cached // ebs
-        new = [self.kv.export_tokens(seq.block_table, b * ebs, (b + 1) * ebs) for b in range(first, full)]
-        seq.exported_blocks = max(first, full)
-        return StepOutput(seq, token, new, first)
+        if ebs:
+            first, full = seq.exported_blocks, seq.num_cached // ebs
+            out.new_blocks = [self.kv.export_tokens(seq.block_table, b * ebs, (b + 1) * ebs) for b in range(first, full)]
+            out.first_block = first
+            seq.exported_blocks = max(first, full)
+        return out
 
     def _forward(self, batch: list[Sequence], counts: list[int]) -> torch.Tensor:
         """Last-token logits [B, V] of the batch, in micro-batches when configured."""
@@ -269,7 +298,30 @@ class LLMEngine:
         input_ids: list[int] = []
         for seq, n in zip(batch, counts):
             input_ids.extend(seq.token_ids[seq.num_cached:seq.num_cached + n])
-        return self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts)
+        scored = [prompt_rows(s.num_cached, n, len(s.prompt_ids), len(s.prompt_logprobs)) if s.scoring_prompt
+                  else range(0) for s, n in zip(batch, counts)]
+        if not any(scored):
+            return self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts)
+        return self._forward_scoring_prompts(batch, counts, input_ids, scored)
+
+    def _forward_scoring_prompts(self, batch: list[Sequence], counts: list[int], input_ids: list[int],
+                                 scored: list[range]) -> torch.Tensor:
+        """A forward that also returns the logits of the prompt rows in `scored` (chunk-local per sequence),
+        turned into prompt logprobs on the sequences; returns the last-token logits [B, V] as usual."""
+        rows, last, offset = [], [], 0
+        for n, chunk_rows in zip(counts, scored):
+            rows.extend(offset + j for j in chunk_rows)
+            last.append(len(rows))
+            rows.append(offset + n - 1)
+            offset += n
+        logits = self.runner.forward(input_ids, [s.block_table for s in batch], [s.num_cached for s in batch], counts,
+                                     rows=torch.tensor(rows, dtype=torch.long))
+        for seq, chunk_rows, end in zip(batch, scored, last):
+            if chunk_rows:
+                nxt = [seq.prompt_ids[seq.num_cached + j + 1] for j in chunk_rows]
+                seq.prompt_logprobs += prompt_token_logprobs(logits[end - len(chunk_rows):end], nxt,
+                                                             seq.params.prompt_logprobs)
+        return logits[torch.tensor(last, dtype=torch.long)]
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params

@@ -22,11 +22,12 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, input_ids: list[int], tables: list[list[int]], cached: list[int], new_counts: list[int],
-                all_logits: bool = False) -> torch.Tensor:
+                all_logits: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Feed each sequence's new tokens (packed in order) after its `cached` ones; tables[i] (sequence i's
         block table) already holds blocks for all of them.
 
-        Returns logits [B, V] of each sequence's last new token (or [T, V] of every token if all_logits).
+        Returns logits [B, V] of each sequence's last new token (or [T, V] of every token if all_logits, or of
+        the packed token indices `rows`).
         """
         layout = BatchLayout(cached, new_counts)
         cache = PagedBatch(self.kv, layout, tables)
@@ -39,5 +40,5 @@ class ModelRunner:
                       position_embeddings=pos_emb, eaas_layout=layout)
             if isinstance(h, tuple):
                 h = h[0]
-        h = h[0] if all_logits else h[0, layout.last_index]
+        h = h[0] if all_logits else h[0, layout.last_index if rows is None else rows]
         return self.lm_head(self.norm(h)).float()

@@ -9,8 +9,7 @@ import sys
 import time
 
 from eaas.errors import UserError
-
-DEFAULT_SLO_MS = 4000.0
+from eaas.operator.forecast import ForecastSettings
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -29,6 +28,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     w.add_argument("--hours", type=float, default=24.0, help="length of the generated trace")
     w.add_argument("--rate-scale", type=float, default=1.0,
                    help="generated trace: x BurstGPT's 2 requests/s mean rate")
+    w.add_argument("--burst-correlation", type=float, default=0.0,
+                   help="generated trace: AR(1) coefficient of each minute's rate step (0: independent minutes; "
+                        "0.9: bursts last ~10 min)")
     w.add_argument("--seed", type=int, default=0, help="seed of the generated trace, popularity and failures")
     w.add_argument("--routing-stats", metavar="FILE",
                    help="expert popularity recorded by `eaas routing-stats` (default: the built-in skew model)")
@@ -49,7 +51,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="service-rate profile JSON (default: eaas/plan/profiles/cpu-mixtral-h512.json, measured here)")
     a = p.add_argument_group("autoscaling (the operator's fields)")
     a.add_argument("--policies", default="static,reactive,predictive", help="comma-separated")
-    a.add_argument("--slo-itl-ms", type=float, default=DEFAULT_SLO_MS, help="inter-token latency SLO")
+    a.add_argument("--slo-itl-ms", type=float,
+                   help="inter-token latency SLO (default: twice a full batch's step with a replica per gateway, "
+                        "from the profile)")
     a.add_argument("--target-per-replica", type=float,
                    help="targetTokensPerSecondPerReplica (default: the load at which a full step takes 80%% "
                         "of the SLO, from the profile)")
@@ -57,7 +61,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     a.add_argument("--load-windows", type=int, default=3, help="loadWindows (10 s each)")
     a.add_argument("--scale-up-window-s", type=float, default=0.0, help="scaleUpStabilizationSeconds")
     a.add_argument("--scale-down-window-s", type=float, default=300.0, help="scaleDownStabilizationSeconds")
-    a.add_argument("--forecast-z", type=float, default=2.0, help="predictive: burst headroom in std devs")
+    a.add_argument("--forecast-z", type=float, default=ForecastSettings.burst_z,
+                   help="predictive: burst headroom in pooled relative std devs")
     f = p.add_argument_group("faults")
     f.add_argument("--failures-per-minute", type=float, default=0.0, help="replica failures injected")
     f.add_argument("--request-timeout-s", type=float, default=30.0,
@@ -73,7 +78,7 @@ def build_scenario(args):
     import math
 
     from eaas.plan.generator import TraceShape, generate_trace
-    from eaas.plan.planner import Scenario, target_per_replica
+    from eaas.plan.planner import Scenario, default_slo_s, target_per_replica
     from eaas.plan.popularity import SkewModel, read_routing_stats, recorded_popularity, skewed_popularity
     from eaas.plan.service import DEFAULT_PROFILE, load_profile
     from eaas.plan.simulator import Autoscaling, Deployment, Faults
@@ -82,10 +87,13 @@ def build_scenario(args):
     for name in ("experts", "top_k", "moe_layers", "experts_per_group", "gateways", "max_batch", "min_replicas"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= args.burst_correlation < 1:
+        raise UserError("--burst-correlation must be in [0, 1)")
     if args.top_k > args.experts or args.min_replicas > args.max_replicas:
         raise UserError("need --top-k <= --experts and --min-replicas <= --max-replicas")
     trace = read_burstgpt_csv(args.trace) if args.trace else generate_trace(
-        TraceShape(hours=args.hours, rate_scale=args.rate_scale), seed=args.seed)
+        TraceShape(hours=args.hours, rate_scale=args.rate_scale, minute_correlation=args.burst_correlation),
+        seed=args.seed)
     minutes = int(math.ceil((trace.duration_s + 1) / 60)) + 1
     if args.routing_stats:
         popularity = recorded_popularity(read_routing_stats(args.routing_stats), args.experts, minutes)
@@ -97,7 +105,7 @@ def build_scenario(args):
                      experts_per_group=args.experts_per_group, gateways=args.gateways,
                      max_batch_per_gateway=args.max_batch, min_replicas=args.min_replicas,
                      max_replicas=args.max_replicas, startup_s=args.startup_s)
-    slo = args.slo_itl_ms / 1e3
+    slo = args.slo_itl_ms / 1e3 if args.slo_itl_ms else default_slo_s(profile, dep)
     target = args.target_per_replica or target_per_replica(profile, dep, slo)
     scaling = Autoscaling(target_per_replica=target, interval_s=args.interval_s, load_windows=args.load_windows,
                           scale_up_window_s=args.scale_up_window_s, scale_down_window_s=args.scale_down_window_s)
@@ -134,7 +142,7 @@ def run(args) -> int:
     print(f"trace: {len(scenario.trace)} requests over {scenario.trace.duration_s / 3600:.2f} h; "
           f"{scenario.deployment.experts} experts, top-{scenario.deployment.top_k}, "
           f"{scenario.deployment.moe_layers} MoE layers, {len(result.static_replicas)} groups ({scenario.placement}); "
-          f"target {result.target_per_replica:.0f} pairs/s per replica; SLO {args.slo_itl_ms:.0f} ms; "
+          f"target {result.target_per_replica:.0f} pairs/s per replica; SLO {scenario.slo_itl_s * 1e3:.0f} ms; "
           f"profile {scenario.profile.name}; {elapsed:.1f} s")
     print(f"{'policy':<11}{'ratio':>7}{'replicas':>10}{'SLO ok':>9}{'ITL p99':>10}{'TTFT p99':>10}{'failed':>8}")
     for name, row in table.items():

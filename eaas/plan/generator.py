@@ -26,6 +26,7 @@ class TraceShape:
     rate_scale: float = 1.0            # multiplies the request rate (a bigger deployment)
     day_amplitude: float = 0.5         # rate = mean * (1 + amplitude * sin(day phase)): peak/trough = 3
     minute_sigma: float = 0.3          # each minute's rate *= lognormal(0, sigma): the re-step
+    minute_correlation: float = 0.0    # AR(1) coefficient of the log step: 0 = independent minutes
     zipf_a: float = 1.1                # BurstGPT's length distribution
     max_prompt_tokens: int = 4096
     max_response_tokens: int = 2048
@@ -36,11 +37,18 @@ class TraceShape:
 
 
 def minute_rates(shape: TraceShape, rng: np.random.Generator) -> np.ndarray:
-    """Requests/s for each minute: day curve x lognormal step (mean 1)."""
+    """Requests/s for each minute: day curve x lognormal step (mean 1). With minute_correlation rho the log
+    step is AR(1) (same marginal sigma): a burst lasts about 1 / (1 - rho) minutes instead of one."""
     minutes = max(1, math.ceil(shape.hours * 60))
     phase = 2 * math.pi * np.arange(minutes) / (24 * 60)
     day = 1.0 + shape.day_amplitude * np.sin(phase - math.pi / 2)  # trough at 00:00, peak at 12:00
-    step = rng.lognormal(-shape.minute_sigma ** 2 / 2, shape.minute_sigma, minutes)
+    sigma, rho = shape.minute_sigma, shape.minute_correlation
+    noise = rng.normal(0.0, sigma, minutes)
+    if rho > 0:
+        innovations = noise * math.sqrt(1 - rho * rho)
+        for m in range(1, minutes):
+            noise[m] = rho * noise[m - 1] + innovations[m]
+    step = np.exp(noise - sigma ** 2 / 2)
     return shape.mean_rate * day * step
 
 

@@ -35,7 +35,7 @@ class Scenario:
     slo_itl_s: float
     placement: str = "contiguous"
     faults: Faults = Faults()
-    forecast_z: float = 2.0
+    forecast_z: float = ForecastSettings.burst_z
 
 
 @dataclass
@@ -46,6 +46,16 @@ class PlanResult:
     rpcs_per_step: float
     target_per_replica: float
     ample: Outcome | None = None
+
+
+def default_slo_s(profile: ServiceProfile, dep: Deployment, multiple: float = 2.0) -> float:
+    """The inter-token SLO a profile supports: `multiple` x the step of a full gateway batch when every group
+    has a replica per gateway (each RPC then carries only the gateway's own share of the batch's pairs, so
+    experts are as fast as this hardware makes them). Sharing replicas may at most double it."""
+    groups = max(1, dep.experts // dep.experts_per_group)
+    pairs = max(1.0, dep.max_batch_per_gateway * dep.top_k / groups)
+    step = dep.moe_layers * (profile.gateway_layer.at(dep.max_batch_per_gateway) + profile.expert_call.at(pairs))
+    return multiple * step
 
 
 def target_per_replica(profile: ServiceProfile, dep: Deployment, slo_itl_s: float, headroom: float = 0.8) -> float:

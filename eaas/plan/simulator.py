@@ -165,13 +165,15 @@ class StepModel:
         self.profile = profile
 
     def seconds(self, sequences_per_gateway: float, tokens_per_gateway: float | None = None) -> float:
-        """The gateway's time follows its sequences (as its curve was measured: streams), the RPCs follow the
-        tokens (a prompt being prefilled is one sequence but all its chunk's tokens go to the experts)."""
+        """Both parts follow the tokens in the forward: a decoding sequence brings one, a prompt being
+        prefilled its chunk, and the gateway's attention and dense layers run over every one of them as the
+        experts do (the gateway curve was measured in decode streams: one token each)."""
         if self.stalled:
             return math.inf
         n = max(1.0, sequences_per_gateway)
         tokens = n if tokens_per_gateway is None else max(n, tokens_per_gateway)
-        return self.layers * (self.profile.gateway_layer.at(n) + self.profile.expert_call.at(max(1.0, tokens * self.worst)))
+        rpc = self.profile.expert_call.at(max(1.0, tokens * self.worst))
+        return self.layers * (self.profile.gateway_layer.at(tokens) + rpc)
 
 
 def failure_times(faults: Faults, duration: int) -> list[float]:
@@ -185,16 +187,24 @@ def failure_times(faults: Faults, duration: int) -> list[float]:
 
 def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: np.ndarray, dep: Deployment,
              autoscaling: Autoscaling, profile: ServiceProfile, slo_itl_s: float, faults: Faults = Faults(),
-             duration_s: float | None = None, progress=None, tick_s: float = 1.0) -> Outcome:
+             duration_s: float | None = None, progress=None, tick_s: float = 1.0,
+             step_jitter: np.ndarray | None = None) -> Outcome:
     """Replay `trace` under `policy` (an object with decide(now, current, loads) -> desired replicas).
 
     tick_s: the replay's time step; shorter than the steps it models (1 s for multi-layer models whose
     steps take seconds, ~10 ms to compare with a small model's tens-of-ms steps).
+    step_jitter: measured step times / their median at a fixed batch (a real system's step varies at the
+    same load: Python, gRPC, the OS); each tick's step is scaled by one drawn at random, in proportion to
+    its length. None: no jitter.
     """
     duration = float(math.ceil(duration_s if duration_s is not None else trace.duration_s + 1))
     ticks = int(math.ceil(duration / tick_s))
     groups = group_shares_by_minute.shape[1]
     pick = np.random.default_rng(faults.seed + 1)
+    jitter = None
+    if step_jitter is not None:  # a step j x the median lasts j x as long: ticks meet it in proportion to j,
+        j = np.asarray(step_jitter, dtype=np.float64)  # so per token the spread is the measured one
+        jitter = np.random.default_rng(faults.seed + 2).choice(j, ticks, p=j / j.sum())
     failures = deque(failure_times(faults, duration))
     replicas = Replicas(initial, dep.startup_s)
     capacity = dep.gateways * dep.max_batch_per_gateway
@@ -256,6 +266,8 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         if prefill and math.isfinite(step):  # prompt tokens share the tick's steps (chunked prefill)
             for _ in range(2):
                 step = model.seconds(n / dep.gateways, (n + prefill * min(1.0, step / tick_s)) / dep.gateways)
+        if jitter is not None:
+            step *= jitter[t]
         for i in admitted:
             ttft[i] = max(0.0, now - arrival_s[i]) + (math.ceil(prompts[i] / dep.prefill_chunk_tokens) + 1) * step
             heapq.heappush(active, progress_tokens + responses[i])

@@ -81,9 +81,14 @@ class ExpertServer:
 
 
 def start_servers(servers: list[ExpertServer]) -> list[ExpertServer]:
-    """Start all at once (start-up is mostly imports), then wait for each."""
-    for s in servers:
-        s.start()
-    for s in servers:
-        s.wait_ready()
+    """Start all at once (start-up is mostly imports), then wait for each; if one fails, none is left running."""
+    try:
+        for s in servers:
+            s.start()
+        for s in servers:
+            s.wait_ready()
+    except BaseException:
+        for s in servers:
+            s.kill()
+        raise
     return servers

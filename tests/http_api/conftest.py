@@ -31,6 +31,14 @@ def reference_engine(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def hf_model(tiny_model_dir):
+    """transformers' own model of the same checkpoint: the oracle of logits and logprobs."""
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="session")
 def service(tiny_model_dir):
     svc = EngineService(monolithic_engine(tiny_model_dir), load_tokenizer(tiny_model_dir))
     svc.start()
@@ -52,15 +60,14 @@ def model_name() -> str:
 
 
 @contextlib.asynccontextmanager
-async def serving(service: EngineService, handler_cancellation: bool = False, api_key: str | None = None):
-    """A client of the app on a free port of 127.0.0.1, served like the gateway serves it (web.AppRunner)."""
+async def serving_url(service: EngineService, handler_cancellation: bool = False, api_key: str | None = None):
+    """The app on a free port of 127.0.0.1, served like the gateway serves it (web.AppRunner): its base URL."""
     runner = web.AppRunner(build_http_app(service, SERVED_MODEL, api_key), handler_cancellation=handler_cancellation)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port = runner.addresses[0][1]
     try:
-        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
-            yield session
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
     # Every request of the test must be gone from the engine before its event loop closes: the engine
@@ -69,6 +76,14 @@ async def serving(service: EngineService, handler_cancellation: bool = False, ap
     while service.busy and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert service.busy == 0, "a request outlived its test"
+
+
+@contextlib.asynccontextmanager
+async def serving(service: EngineService, handler_cancellation: bool = False, api_key: str | None = None):
+    """A client session of the app on a free port of 127.0.0.1."""
+    async with serving_url(service, handler_cancellation, api_key) as url:
+        async with aiohttp.ClientSession(base_url=url) as session:
+            yield session
 
 
 @pytest.fixture
@@ -94,3 +109,16 @@ async def cancelling_client(service):
 async def tokenizerless_client(tokenizerless_service):
     async with serving(tokenizerless_service) as session:
         yield session
+
+
+@pytest_asyncio.fixture
+async def openai_client(service):
+    """The official `openai` client of the app (what users and evaluation harnesses call it with)."""
+    import openai
+
+    async with serving_url(service) as url:
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        try:
+            yield client
+        finally:
+            await client.close()

@@ -56,15 +56,65 @@ def test_one_prompt_is_unwrapped_from_a_list(prompt, expected):
     ({"prompt": "a", "ignore_eos": 1}, "ignore_eos"),
     ({"prompt": "a", "stream_options": {"include_usage": "yes"}}, "stream_options"),
     ({"prompt": "a", "model": 3}, "model"),
-    ({"prompt": "a", "echo": True}, "echo"),
-    ({"prompt": "a", "logprobs": 2}, "logprobs"),
+    ({"prompt": "a", "echo": "yes"}, "echo"),
+    ({"prompt": "a", "logprobs": True}, "logprobs"),
     ({"prompt": "a", "best_of": 3}, "best_of"),
-    ({"prompt": "a", "presence_penalty": 0.5}, "presence_penalty"),
+    ({"prompt": "a", "n": 2, "best_of": 1}, "best_of"),
+    ({"prompt": "a", "n": 129}, "n"),
+    ({"prompt": "a", "n": 0}, "n"),
+    ({"prompt": "a", "presence_penalty": "0.5"}, "presence_penalty"),
+    ({"prompt": "a", "min_tokens": -1}, "min_tokens"),
+    ({"prompt": "a", "suffix": "z"}, "suffix"),
 ])
 def test_bad_completion_field_names_its_param(body, param):
     with pytest.raises(InvalidRequest) as info:
         parse_completion_request(body)
     assert info.value.param == param
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"frequency_penalty": -2.1}, "frequency_penalty"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"min_tokens": 9, "max_tokens": 8}, "min_tokens"),
+    ({"logprobs": 21}, "logprobs"),
+])
+def test_values_out_of_range_name_their_param(body, param):
+    req = parse_completion_request({"prompt": "a", **body})
+    with pytest.raises(InvalidRequest) as info:
+        req.sampling_params(prompt_len=1, context_len=2048)
+    assert info.value.param == param
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"logprobs": 3}, "logprobs"),
+    ({"echo": True}, "echo"),
+])
+def test_bad_chat_logprobs_name_their_param(body, param):
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request({"messages": [{"role": "user", "content": "hi"}], **body})
+    assert info.value.param == param
+
+
+def test_new_fields_map_onto_sampling_params_and_choices():
+    req = parse_completion_request({"prompt": "a", "n": 3, "best_of": 3, "echo": True, "logprobs": 2, "seed": 7,
+                                    "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.2,
+                                    "min_tokens": 4})
+    params = req.sampling_params(prompt_len=1, context_len=2048)
+    assert params == SamplingParams(max_tokens=16, temperature=1.0, seed=7, presence_penalty=0.5,
+                                    frequency_penalty=-0.5, repetition_penalty=1.2, min_tokens=4, logprobs=2,
+                                    prompt_logprobs=2)
+    assert [(p.seed, p.prompt_logprobs) for p in req.choice_params(params)] == [(7, 2), (8, None), (9, None)]
+    chat = parse_chat_request({"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 5})
+    assert (chat.params.logprobs, chat.params.prompt_logprobs) == (5, None)
+
+
+def test_stop_strings_wait_for_min_tokens():
+    cutter = StopStringCutter(("a",))
+    assert cutter.next_piece("xa", None, armed=False) == ("xa", None)
+    assert cutter.next_piece("ya", None) == ("y", "stop")
 
 
 def test_off_values_of_unsupported_fields_are_accepted():

@@ -31,3 +31,12 @@ async def test_a_greedy_stream_resumed_mid_way_gives_the_same_tokens(service):
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     whole = await tokens(service, params)
     assert whole[:5] + await tokens(service, params, resume=whole[:5]) == whole
+
+
+async def test_a_penalised_stream_resumed_mid_way_counts_the_tokens_it_already_sent(service):
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, presence_penalty=0.5,
+                            frequency_penalty=0.5, min_tokens=10, stop_token_ids=(5,))
+    whole = await tokens(service, params)
+    for k in (3, 11):
+        assert whole[:k] + await tokens(service, params, resume=whole[:k]) == whole, f"resumed after {k} tokens"
+    assert await tokens(service, replace(params, presence_penalty=0.0, frequency_penalty=0.0)) != whole

@@ -44,8 +44,13 @@ def test_on_a_ramp_predictive_scales_before_reactive_and_not_on_flat_load(redis_
     loads_now = [readings[0][-1][1], readings[1][-1][1]]
     predicted = decision_loads(loads_now, readings, ForecastSettings(horizon_s=75.0))
     assert predicted[0] > loads_now[0] + 0.9 * 80 / 10 * 75  # the ramp (+8 tokens/s per s), 75 s ahead
-    assert predicted[1] == pytest.approx(1000.0)
+    # the flat group takes the deployment's pooled relative spread: here only the ramp's small wobble
+    # around its line (10 s windows read at 15 s), so ~1% headroom and the same replicas as reactive
+    assert 1000.0 <= predicted[1] < 1030.0
     policy = ScalingPolicy(target_per_replica=500, min_replicas=1, max_replicas=20)
     reactive = decide_replicas(6, loads_now[0], (), now, policy)
     predictive = decide_replicas(6, predicted[0], (), now, predictive_policy(policy, 75.0))
     assert predictive.recommendation > reactive.recommendation
+    flat_policy = ScalingPolicy(target_per_replica=300, min_replicas=1, max_replicas=20)
+    assert decide_replicas(4, predicted[1], (), now, flat_policy).recommendation == \
+        decide_replicas(4, loads_now[1], (), now, flat_policy).recommendation

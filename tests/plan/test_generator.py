@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eaas.plan.generator import TraceShape, generate_trace, zipf_lengths
+from eaas.plan.generator import TraceShape, generate_trace, minute_rates, zipf_lengths
 
 
 def test_same_seed_same_trace_other_seed_other_trace():
@@ -39,3 +39,15 @@ def test_zipf_lengths_follow_the_power_law():
     # P(1)/P(2) = 2^1.1 and P(1)/P(10) = 10^1.1 for a Zipf(1.1) law
     assert abs(counts[1] / counts[2] - 2 ** 1.1) < 0.1
     assert abs(counts[1] / counts[10] / 10 ** 1.1 - 1) < 0.1
+
+
+def test_burst_correlation_makes_busy_minutes_follow_busy_minutes_with_the_same_spread():
+    def log_steps(rho):
+        shape = TraceShape(hours=48, day_amplitude=0.0, minute_sigma=0.3, minute_correlation=rho)
+        return np.log(minute_rates(shape, np.random.default_rng(0)) / shape.mean_rate)
+
+    independent, persistent = log_steps(0.0), log_steps(0.9)
+    lag1 = [np.corrcoef(x[:-1], x[1:])[0, 1] for x in (independent, persistent)]
+    assert abs(lag1[0]) < 0.05 and 0.85 < lag1[1] < 0.95
+    assert abs(independent.std() - 0.3) < 0.02 and abs(persistent.std() - 0.3) < 0.05
+    assert abs(np.exp(persistent).mean() - 1.0) < 0.05  # the mean rate is kept

@@ -59,3 +59,19 @@ def test_unknown_policy_and_unreadable_trace_are_one_line_errors(tmp_path):
     assert bad.returncode == 2 and "clairvoyant" in bad.stderr and "Traceback" not in bad.stderr
     missing = eaas("plan", "--trace", str(tmp_path / "nope.csv"), *SMALL)
     assert missing.returncode == 2 and "cannot read trace" in missing.stderr
+
+
+def test_without_slo_itl_ms_the_slo_is_twice_a_full_batchs_step_from_the_profile(tmp_path):
+    table = tmp_path / "table.json"  # an RPC costs 1 ms up to 64 pairs; the gateway 0.5..1 ms per layer
+    table.write_text(json.dumps({"name": "t",
+                                 "expert_call_s": {"batch": [1, 64, 1064], "seconds": [0.001, 0.001, 0.011]},
+                                 "gateway_layer_s": {"batch": [1, 256], "seconds": [0.0005, 0.001]}}))
+    small = [a for a in SMALL if a not in ("--slo-itl-ms", "400")]
+    out = eaas("plan", "--hours", "0.1", *small, "--profile", str(table), "--policies", "static")
+    assert out.returncode == 0, out.stderr
+    # 4 layers x (gateway at 32 tokens + an RPC of 32 x top-2 / 4 groups = 16 pairs) x 2
+    gateway = 0.0005 + (0.001 - 0.0005) * (32 - 1) / (256 - 1)
+    slo_ms = 2 * 4 * (gateway + 0.001) * 1e3
+    assert f"SLO {slo_ms:.0f} ms" in out.stdout
+    out = eaas("plan", "--hours", "0.1", *SMALL, "--profile", str(table), "--policies", "static")
+    assert "SLO 400 ms" in out.stdout

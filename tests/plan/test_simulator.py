@@ -12,7 +12,7 @@ from eaas.operator.autoscale import ScalingPolicy
 from eaas.plan.placement import contiguous_placement, group_shares
 from eaas.plan.policies import ReactivePolicy, StaticPolicy
 from eaas.plan.popularity import skewed_popularity
-from eaas.plan.simulator import Autoscaling, Deployment, Faults, simulate, step_seconds
+from eaas.plan.simulator import Autoscaling, Deployment, Faults, StepModel, simulate, step_seconds
 from eaas.plan.trace import Trace
 
 DEP = Deployment(experts=16, top_k=2, moe_layers=4, experts_per_group=4, gateways=2, max_batch_per_gateway=64,
@@ -92,3 +92,22 @@ def test_failures_of_a_groups_only_replica_fail_requests_and_redundancy_mostly_a
     assert single.failed_requests > 0
     assert double.failed_requests < single.failed_requests / 4  # both replicas down together is rarer
     assert double.served_tokens > single.served_tokens
+
+
+def test_prompt_tokens_lengthen_the_gateways_part_of_the_step(profile):
+    # the gateway curve grows with tokens: a step carrying a prompt chunk is slower than a decode-only one
+    model = StepModel(np.full(4, 0.25), np.full(4, 16), DEP, profile)
+    decode, with_prompt = model.seconds(8), model.seconds(8, 8 + 200)
+    gateway_part = DEP.moe_layers * (profile.gateway_layer.at(208) - profile.gateway_layer.at(8))
+    assert with_prompt - decode >= gateway_part > 0
+
+
+
+def test_measured_step_jitter_stretches_the_tail_not_the_median(profile):
+    trace = steady_trace(20, 120)
+    calm = run(trace, 16, profile=profile, seconds=200)
+    spread = np.array([1.0] * 97 + [3.0] * 3)  # 3% of steps take 3x the median, as a busy machine's do
+    jittery = simulate(trace, StaticPolicy(np.full(4, 16)), np.full(4, 16), shares(60), DEP, Autoscaling(1000.0),
+                       profile, SLO, duration_s=200, step_jitter=spread)
+    assert jittery.itl_p50_s == pytest.approx(calm.itl_p50_s, rel=0.05)
+    assert jittery.itl_p99_s > 2 * calm.itl_p99_s

@@ -72,3 +72,43 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [endpoints]
   verbs: [get, list, watch]
 {{- end -}}
+
+{{- /* Prometheus operator: the namespaces the eaas pods run in (the operator's watched ones). */ -}}
+{{- define "eaas.monitorNamespaceSelector" -}}
+{{- if .Values.watch.allNamespaces -}}
+any: true
+{{- else -}}
+matchNames:
+{{- range splitList "," (include "eaas.watchedNamespaces" .) }}
+  - {{ . }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{- /* The gateways and expert servers of every MoEDeployment (labels the operator puts on its children). */ -}}
+{{- define "eaas.monitoredSelector" -}}
+matchLabels:
+  app.kubernetes.io/name: eaas
+  app.kubernetes.io/managed-by: eaas-operator
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: [gateway, expert-group]
+{{- end -}}
+
+{{- /* Target labels the dashboard filters and groups by: the MoEDeployment, the component, the expert group. */ -}}
+{{- define "eaas.monitorRelabelings" -}}
+- sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_instance]
+  targetLabel: deployment
+- sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_component]
+  targetLabel: component
+- sourceLabels: [__meta_kubernetes_pod_label_eaas_dev_group]
+  targetLabel: expert_group
+{{- end -}}
+
+{{- /* Both monitors at once would scrape every pod twice. */ -}}
+{{- define "eaas.oneMonitor" -}}
+{{- if and .Values.monitoring.podMonitor.enabled .Values.monitoring.serviceMonitor.enabled -}}
+{{- fail "monitoring: enable podMonitor or serviceMonitor, not both (each pod would be scraped twice)" -}}
+{{- end -}}
+{{- end -}}

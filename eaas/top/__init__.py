@@ -1,0 +1,1 @@
+"""`eaas top`: a terminal view of a running deployment (cli.py; the frame is view.py + render.py, pure)."""
