@@ -1,5 +1,5 @@
 # Two commands on a fresh Debian machine with Python 3.11:
-#   make run   - install, then serve the built-in tiny model and stream a completion
+#   make run   - install, then serve the built-in demo model (eaas/model/demo) and stream a completion
 #   make test  - install everything (Python deps, redis-server, the Kubernetes testbed, helm) and run all tests
 #                (tests/cluster starts a single-node cluster with scripts/k8s-testbed.sh: needs root)
 #   make test-cluster - only the cluster tier (real pods), keeping the cluster up afterwards

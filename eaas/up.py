@@ -24,11 +24,17 @@ from eaas.local_ports import choose_ports
 from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCHES
 from eaas.topology import expert_groups, format_expert_ids
 
-BUILTIN_DIR = Path(os.environ.get("EAAS_CACHE", Path.home() / ".cache" / "eaas")) / "builtin-tiny-mixtral"
+# the built-in model: a byte-level Mixtral trained on Python's standard library (scripts/train_demo_model.py),
+# shipped as package data
+BUILTIN_DIR = Path(__file__).resolve().parent / "model" / "demo"
+DEMO_PROMPT = "def "
+# sampling, not greedy: greedy decoding of a small byte model falls into loops within a few lines
+DEMO_SAMPLING = dict(max_tokens=160, temperature=0.8, top_p=0.95, seed=0, ignore_eos=True)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="DIR", help="HF checkpoint directory (default: a built-in tiny Mixtral)")
+    p.add_argument("--model", metavar="DIR", help="HF checkpoint directory (default: the built-in demo model, "
+                   "a small Mixtral trained on Python's standard library)")
     p.add_argument("--experts-per-server", type=int, default=4, help="experts per expert group (default 4)")
     p.add_argument("--expert-replicas", type=int, default=2, help="replicas (processes) per group (default 2)")
     p.add_argument("--gateways", type=int, default=1, help="gateway processes sharing one MemPool (default 1)")
@@ -169,11 +175,8 @@ def ensure_all_alive(fleet: Fleet) -> None:
 
 
 def builtin_model() -> Path:
-    if not (BUILTIN_DIR / "config.json").is_file():
-        from eaas.model.tiny import write_tiny_model
-
-        print(f"writing the built-in tiny Mixtral to {BUILTIN_DIR}", flush=True)
-        write_tiny_model(BUILTIN_DIR, "mixtral", seed=0, hidden_size=128, layers=4, experts=8, top_k=2)
+    if not (BUILTIN_DIR / "model.safetensors").is_file():
+        raise UserError(f"the built-in demo model is missing from {BUILTIN_DIR} (a broken install?); pass --model DIR")
     return BUILTIN_DIR
 
 
@@ -288,17 +291,22 @@ def _start_local_redis(fleet: Fleet, host: str) -> str:
 
 
 def _demo(addresses: list[str], has_tokenizer: bool, tls_dir: Path | None) -> int:
+    """Stream one sampled completion: text after the prompt when the model has a tokenizer, else token ids."""
     from eaas.client import SyncClient
 
-    prompt = {"prompt": "The experts"} if has_tokenizer else {"prompt_ids": [1, 17, 42]}
-    print(f"\ndemo: streaming a completion of {next(iter(prompt.values()))!r} through {addresses[0]}", flush=True)
+    prompt = {"prompt": DEMO_PROMPT} if has_tokenizer else {"prompt_ids": [1, 17, 42]}
+    settings = ", ".join(f"{k}={DEMO_SAMPLING[k]}" for k in ("temperature", "top_p", "seed"))
+    print(f"\ndemo: streaming a completion of {next(iter(prompt.values()))!r} through {addresses[0]} ({settings})\n",
+          flush=True)
+    if has_tokenizer:
+        print(DEMO_PROMPT, end="", flush=True)
     ca = str(tls_dir / "ca.crt") if tls_dir else None
-    with SyncClient(addresses, timeout=120, tls_ca_file=ca) as client:
+    with SyncClient(addresses, timeout=300, tls_ca_file=ca) as client:
         ids = []
-        for chunk in client.generate_stream(**prompt, max_tokens=24, ignore_eos=True):
+        for chunk in client.generate_stream(**prompt, **DEMO_SAMPLING):
             ids.extend(chunk.token_ids)
-            print(f"{chunk.token_ids[0]} ", end="", flush=True)
-        print(f"\ndemo: {len(ids)} tokens, finish_reason={chunk.finish_reason}", flush=True)
+            print(chunk.text if has_tokenizer else f"{chunk.token_ids[0]} ", end="", flush=True)
+        print(f"\n\ndemo: {len(ids)} tokens, finish_reason={chunk.finish_reason}", flush=True)
     return 0
 
 

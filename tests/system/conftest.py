@@ -16,13 +16,14 @@ from servers import free_port_run
 
 class UpFleet:
     def __init__(self, model_dir, experts_per_server=4, replicas=2, gateways=1, extra=(), default_ports=False):
-        """default_ports: let `eaas up` choose every port, as a user who passes no port flag does."""
+        """default_ports: let `eaas up` choose every port, as a user who passes no port flag does;
+        model_dir None: no --model, so `eaas up` serves its built-in demo model."""
         base = free_port_run(32)
         ports = [] if default_ports else ["--expert-base-port", str(base), "--grpc-port", str(base + 20),
                                           "--http-port", str(base + 25)]
-        argv = [sys.executable, "-P", "-m", "eaas.cli", "up", "--model", str(model_dir),
-                "--experts-per-server", str(experts_per_server), "--expert-replicas", str(replicas),
-                "--gateways", str(gateways), *ports, *extra]
+        model = [] if model_dir is None else ["--model", str(model_dir)]
+        argv = [sys.executable, "-P", "-m", "eaas.cli", "up", *model, "--experts-per-server", str(experts_per_server),
+                "--expert-replicas", str(replicas), "--gateways", str(gateways), *ports, *extra]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: list[str] = []

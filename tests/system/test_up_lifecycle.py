@@ -12,6 +12,7 @@ from hf_checkpoints import write_hf_checkpoint
 from servers import free_port_run
 
 from eaas.client import SyncClient
+from eaas.up import DEMO_PROMPT, DEMO_SAMPLING
 
 
 @pytest.mark.slow
@@ -24,8 +25,8 @@ def test_demo_streams_a_completion_and_exits(tmp_path, with_tokenizer):
                            "--http-port", str(base + 25)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 expert groups x 2 replicas (4 expert processes)" in proc.stdout
-    assert "demo: 24 tokens, finish_reason=length" in proc.stdout
-    assert ("'The experts'" if with_tokenizer else "[1, 17, 42]") in proc.stdout
+    assert f"demo: {DEMO_SAMPLING['max_tokens']} tokens, finish_reason=length" in proc.stdout
+    assert (repr(DEMO_PROMPT) if with_tokenizer else "[1, 17, 42]") in proc.stdout
 
 
 @pytest.mark.slow
