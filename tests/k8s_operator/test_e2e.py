@@ -322,7 +322,8 @@ def test_security_section_mounts_the_tls_and_api_key_secrets(api, operator):
     gateway, expert = command_of(api, "mix-gateway"), command_of(api, "mix-experts-e0-3")
     tls = ["--tls-cert-file", "/etc/eaas/tls/tls.crt", "--tls-key-file", "/etc/eaas/tls/tls.key",
            "--tls-ca-file", "/etc/eaas/tls/ca.crt"]
-    assert gateway[-8:] == [*tls, "--api-key-file", "/etc/eaas/api-key/api-key"]
+    assert gateway[-10:] == [*tls, "--expert-tls-name", f"mix-experts.{NAMESPACE}.svc",
+                             "--api-key-file", "/etc/eaas/api-key/api-key"]
     assert expert[-6:] == tls
     volumes = {v.name: v for v in deployment(api, "mix-gateway").spec.template.spec.volumes}
     assert (volumes["tls"].secret.secret_name, volumes["api-key"].secret.secret_name) == ("mix-tls", "mix-key")
