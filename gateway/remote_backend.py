@@ -171,8 +171,9 @@ class RemoteExpertBackend:
                 self._hedge_late(calls, done, deadline)
                 continue
             call.inflight -= 1
-            if call.result is not None:
-                continue  # the other attempt of a hedged call answered first: this one is not read
+            if call.result is not None:  # the other attempt of a hedged call answered first: this one is not read,
+                self._quarantine_loser(call, replica, future)  # but a dead replica must still leave the rotation
+                continue
             error = future.exception()
             if error is None:
                 try:
@@ -181,9 +182,9 @@ class RemoteExpertBackend:
                     continue
                 except WireError as exc:
                     error, code, detail = exc, "INTERNAL", f"bad response: {exc}"
+                    self.metrics.failures.labels(code.lower()).inc()
             else:
-                code, detail = _status(error)
-            self.metrics.failures.labels(code.lower()).inc()
+                code, detail = _status(error)  # counted in finished(), where every failed attempt is
             action = failure_action(code)
             if action is FailureAction.FAIL:
                 raise ExpertRequestRejected(f"{code}: layer {layer}, {replica.address}: {detail}")
@@ -228,10 +229,10 @@ class RemoteExpertBackend:
             error = None if f.cancelled() else f.exception()
             if not f.cancelled() and error is None:
                 round_trips.append(seconds)  # deque.append: atomic, no lock needed
-            elif error is not None and call.result is not None:
-                code, detail = _status(error)  # lost a hedge race: nobody reads this failure, but a dead
-                if failure_action(code) is FailureAction.QUARANTINE_AND_RETRY:  # replica must leave the rotation
-                    self.table.quarantine(call.group, replica, code, detail)
+            elif error is not None:
+                self.metrics.failures.labels(_status(error)[0].lower()).inc()  # also when a hedge already answered
+                if call.result is not None:  # the layer may be over: nobody else reads this failure
+                    self._quarantine_loser(call, replica, f)
             done.put((call, replica, f))
 
         call.futures.append(future)
@@ -239,6 +240,14 @@ class RemoteExpertBackend:
         delay = None if call.hedged else hedge_delay(list(round_trips), self.hedge_factor)
         call.hedge_at = None if delay is None else time.monotonic() + delay
         future.add_done_callback(finished)
+
+    def _quarantine_loser(self, call: _Call, replica: Replica, future) -> None:
+        """Quarantine the replica of a hedged attempt that failed after the call had its answer (idempotent)."""
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            code, detail = _status(error)
+            if failure_action(code) is FailureAction.QUARANTINE_AND_RETRY:
+                self.table.quarantine(call.group, replica, code, detail)
 
     @staticmethod
     def _decode(call: _Call, response: expert_pb2.CombineResponse) -> torch.Tensor:
