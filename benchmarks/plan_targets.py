@@ -5,6 +5,10 @@ Prints, for the CLI's defaults (plus any `eaas plan` flags given):
   pass that sizes static, then static, reactive, predictive);
 - replica-seconds / static and tokens within the SLO per policy (targets: reactive <= 0.70, predictive
   <= 0.60 at >= 99%; predictive fewer SLO-violating tokens than reactive at no more cost);
+- the frontier: both policies at headrooms 0.55..0.8 (the share of the SLO a full step takes at the target
+  load), predictive's violating tokens at reactive's cost at each point, and the cheapest headroom at
+  which reactive keeps 99% (how the default --headroom was chosen);
+- predictive at --forecast-z +-0.25 (how its default was chosen: no more cost than reactive);
 - served tokens lost to 1 replica failure per minute, per policy (target < 2%);
 - co-hot (ExFlow-style) vs contiguous placement: RPCs per step and replica-seconds, reactive.
 
@@ -18,12 +22,10 @@ import dataclasses
 import sys
 import time
 
-import numpy as np
-
 
 def main() -> int:
     from eaas.plan import cli
-    from eaas.plan.planner import run_plan, summary
+    from eaas.plan.planner import frontier, run_plan, summary, violations_at_cost
     from eaas.plan.simulator import Faults
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,24 +52,40 @@ def main() -> int:
           f"{floor.itl_p99_s:>8.2f}s{floor.ttft_p99_s:>9.1f}s{floor.failed_requests:>8}"
           f"  (every group at --max-replicas: violations no replica count removes)")
     r, p = table["reactive"], table["predictive"]
+
+    # the frontier: both policies at several standing headrooms (targets), against the same static
+    curves = frontier(scenario, base)
+    print("frontier (headroom: share of the SLO a full step takes at the target; predictive's violations "
+          "interpolated along its own curve at reactive's cost):")
+    print(f"{'headroom':>8}{'target':>8} | {'reactive':>8}{'SLO ok':>9}{'violating':>10} | {'predictive':>10}"
+          f"{'SLO ok':>9}{'violating':>10} | {'pred. at reactive cost':>22}")
+    for rp, pp in zip(curves["reactive"], curves["predictive"]):
+        at = violations_at_cost(curves["predictive"], rp["ratio"])
+        versus = f"{at:>12,.0f} ({(at / rp['violating_tokens'] - 1) * 100:+5.1f}%)" if at is not None else f"{'-':>22}"
+        print(f"{rp['headroom']:>8.2f}{rp['target_x'] * base.target_per_replica:>8.0f} | {rp['ratio']:>8.3f}"
+              f"{rp['slo_attainment'] * 100:>8.2f}%{rp['violating_tokens']:>10,.0f} | {pp['ratio']:>10.3f}"
+              f"{pp['slo_attainment'] * 100:>8.2f}%{pp['violating_tokens']:>10,.0f} | {versus}")
+    meeting = [q["headroom"] for q in curves["reactive"] if q["slo_attainment"] >= 0.99]
+    margin = [q["headroom"] for q in curves["reactive"] if q["slo_attainment"] >= 0.991]
+    print(f"cheapest headroom at which reactive keeps >= 99%: {max(meeting) if meeting else None}, >= 99.1% "
+          f"(0.1 point margin): {max(margin) if margin else None} (default --headroom {scenario.headroom})")
+
     print(f"targets: reactive ratio <= 0.70 at >= 99%: {r['ratio'] <= 0.70 and r['slo_attainment'] >= 0.99}; "
           f"predictive <= 0.60 at >= 99%: {p['ratio'] <= 0.60 and p['slo_attainment'] >= 0.99}; "
           f"predictive fewer violating tokens at no more cost: "
-          f"{p['slo_violating_tokens'] < r['slo_violating_tokens'] and p['ratio'] <= r['ratio']}")
+          f"{p['slo_violating_tokens'] < r['slo_violating_tokens'] and p['ratio'] <= r['ratio']} "
+          f"({p['slo_violating_tokens'] - r['slo_violating_tokens']:+,} tokens, ratio {p['ratio'] - r['ratio']:+.3f})")
 
-    # predictive's own knob (burst headroom) swept: its violations at reactive's cost, by interpolation
+    # predictive's own knob (burst headroom, in pooled relative standard deviations of the 10 s windows)
     sweep = [(p["ratio"], p["slo_violating_tokens"], scenario.forecast_z)]
-    for z in (scenario.forecast_z - 0.5, scenario.forecast_z + 0.5):
+    for z in (scenario.forecast_z - 0.25, scenario.forecast_z + 0.25):
         row = summary(run_plan(dataclasses.replace(scenario, forecast_z=z), ("predictive",),
                                ample=base.ample))["predictive"]
         sweep.append((row["ratio"], row["slo_violating_tokens"], z))
     sweep.sort()
-    print("predictive vs its burst headroom: " + "; ".join(f"z {z:.2f}: ratio {x:.3f}, {v:,} violating"
-                                                         for x, v, z in sweep))
-    if sweep[0][0] <= r["ratio"] <= sweep[-1][0]:
-        at = float(np.interp(r["ratio"], [x for x, _, _ in sweep], [v for _, v, _ in sweep]))
-        print(f"at reactive's cost ({r['ratio']:.3f}): predictive {at:,.0f} violating tokens vs reactive "
-              f"{r['slo_violating_tokens']:,} ({(at / r['slo_violating_tokens'] - 1) * 100:+.1f}%)")
+    print("predictive vs its burst headroom (default --forecast-z spends no more than reactive): "
+          + "; ".join(f"z {z:.2f}: ratio {x:.3f}, {v:,} violating" for x, v, z in sweep)
+          + f"; reactive: ratio {r['ratio']:.3f}, {r['slo_violating_tokens']:,} violating")
 
     faulty = run_plan(dataclasses.replace(scenario, faults=Faults(1.0, scenario.faults.request_timeout_s, 1)),
                       ample=base.ample)

@@ -14,7 +14,7 @@ Inter-token latency is measured twice: at the client (what a user sees; the clie
 replay, quantiles interpolated within its buckets as Prometheus does), which leaves the client out.
 
     .venv/bin/python -P benchmarks/plan_validation.py [--seconds 60] [--rate-scale 6] [--seed 1] [--tick-ms 10]
-        [--again] [--save FILE | --measured FILE]
+        [--replays 3] [--save FILE | --measured FILE]
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from concurrent_streams import metric  # noqa: E402  (tests/system, put on the p
 
 CALIBRATION = (1, 2, 4, 8, 16, 32, 64, 128)
 ITL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)  # gateway/metrics.py
+RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)  # eaas.rpc
 
 
-def itl_histogram(url: str) -> list[float]:
-    """The gateway's cumulative ITL bucket counts (le=each bound, then +Inf)."""
-    name = "eaas_gateway_inter_token_latency_seconds_bucket"
-    return [metric(url, f'{name}{{le="{float(b)}"}}') for b in ITL_BUCKETS] + [metric(url, f'{name}{{le="+Inf"}}')]
+def histogram(url: str, name: str, bounds) -> list[float]:
+    """A histogram's cumulative bucket counts (le=each bound, then +Inf)."""
+    return [metric(url, f'{name}_bucket{{le="{float(b)}"}}') for b in bounds] + [metric(url, f'{name}_bucket{{le="+Inf"}}')]
 
 
 def one_stream_gaps(gateways: list[str], tokens: int = 300) -> list[float]:
@@ -50,17 +50,63 @@ def one_stream_gaps(gateways: list[str], tokens: int = 300) -> list[float]:
     return [b - a for a, b in zip(marks[8:], marks[9:])]
 
 
-def histogram_quantile(cumulative: list[float], q: float) -> float:
+def histogram_quantile(cumulative: list[float], q: float, bounds=ITL_BUCKETS) -> float:
     """Prometheus' histogram_quantile: linear within the bucket holding the q-th observation."""
     total = cumulative[-1]
     if total <= 0:
         return 0.0
     rank, lower, below = q * total, 0.0, 0.0
-    for bound, count in zip(ITL_BUCKETS, cumulative):
+    for bound, count in zip(bounds, cumulative):
         if count >= rank:
             return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
         lower, below = bound, count
-    return ITL_BUCKETS[-1]
+    return bounds[-1]
+
+
+class GaugeSampler:
+    """Samples the gateway's running batch and queue every `period` s while a replay runs (what the real
+    system's step was working on when a gap was long)."""
+
+    def __init__(self, url: str, period: float = 0.25):
+        import threading
+
+        self.url, self.period, self.samples = url, period, []  # (perf_counter, running, waiting)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.samples.append((time.perf_counter(), metric(self.url, "eaas_gateway_running_sequences"),
+                                     metric(self.url, "eaas_gateway_queue_depth")))
+            except OSError:
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def measure_replay(fleet, trace) -> dict:
+    """One replay of the trace on the running fleet, with the gateway's own ITL and RPC histograms over it and
+    its running batch sampled."""
+    from eaas.plan.replay import replay
+
+    itl_name, rpc_name = "eaas_gateway_inter_token_latency_seconds", "eaas_gateway_expert_rpc_seconds"
+    before = (histogram(fleet.http, itl_name, ITL_BUCKETS), histogram(fleet.http, rpc_name, RPC_BUCKETS),
+              metric(fleet.http, "eaas_gateway_preemptions_total"))
+    with GaugeSampler(fleet.http) as sampler:
+        measured = replay(trace, fleet.gateways)
+    after = (histogram(fleet.http, itl_name, ITL_BUCKETS), histogram(fleet.http, rpc_name, RPC_BUCKETS),
+             metric(fleet.http, "eaas_gateway_preemptions_total"))
+    return {"token_times": measured.token_times, "errors": measured.errors,
+            "gateway_itl": [b - a for a, b in zip(before[0], after[0])],
+            "gateway_rpc": [b - a for a, b in zip(before[1], after[1])], "preempted": after[2] - before[2],
+            "running": [(t - measured.start, r, w) for t, r, w in sampler.samples]}
 
 
 def main() -> int:
@@ -68,10 +114,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="trace length")
     parser.add_argument("--rate-scale", type=float, default=6.0, help="x BurstGPT's 2 requests/s")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--replays", type=int, default=3,
+                        help="replays of the same trace on the same `eaas up`: the simulator is compared with their median")
     parser.add_argument("--save", metavar="FILE", help="write the calibration and measured token times as JSON")
     parser.add_argument("--measured", metavar="FILE", help="skip eaas up: compare with a --save file instead")
-    parser.add_argument("--again", action="store_true",
-                        help="replay the trace a second time: how far the real system is from itself")
     parser.add_argument("--tick-ms", type=float, default=10.0, help="the simulator's time step (steps here: 30-200 ms)")
     args = parser.parse_args()
 
@@ -79,9 +125,10 @@ def main() -> int:
 
     from eaas.plan.generator import TraceShape, generate_trace
     from eaas.plan.policies import StaticPolicy
-    from eaas.plan.replay import ReplayResult, replay
+    from eaas.plan.replay import ReplayResult
     from eaas.plan.service import profile_from_dict
     from eaas.plan.simulator import Autoscaling, Deployment, simulate
+    from eaas.plan.stalls import StepStalls
 
     trace = generate_trace(TraceShape(hours=args.seconds / 3600, rate_scale=args.rate_scale, day_amplitude=0.0,
                                       max_prompt_tokens=32, max_response_tokens=64), seed=args.seed)
@@ -89,37 +136,25 @@ def main() -> int:
           f"response tokens, prompts {int(trace.prompt_tokens.sum())} tokens", flush=True)
     if args.measured:
         saved = json.loads(Path(args.measured).read_text())
-        streams, steps, rpcs = saved["streams"], saved["steps"], saved["rpcs"]
-        measured = ReplayResult(0.0, saved["token_times"], saved["errors"])
-        gateway_itl = saved.get("gateway_itl")
-        gaps = saved.get("one_stream_gaps") or []
+        replays = saved.get("replays") or [{"token_times": saved["token_times"], "errors": saved["errors"],
+                                            "gateway_itl": saved.get("gateway_itl")}]
     else:
         fleet = up_fleet(profile_model())
         try:
             streams, steps, rpcs = step_sweep(fleet, 2, CALIBRATION)
             gaps = one_stream_gaps(fleet.gateways)
-            before = itl_histogram(fleet.http), metric(fleet.http, "eaas_gateway_preemptions_total")
-            started = time.perf_counter()
-            measured = replay(trace, fleet.gateways)
-            gateway_itl = [b - a for a, b in zip(before[0], itl_histogram(fleet.http))]
-            preempted = metric(fleet.http, "eaas_gateway_preemptions_total") - before[1]
-            print(f"gateway preemptions (KV cache full) during the replay: {preempted:.0f}", flush=True)
-            if args.again:
-                second = replay(trace, fleet.gateways)
-                print("the same trace replayed again, second vs first: "
-                      f"throughput {second.throughput():.1f} vs {measured.throughput():.1f} tokens/s "
-                      f"({(second.throughput() / measured.throughput() - 1) * 100:+.1f}%), p99 ITL "
-                      f"{second.itl_quantile(0.99) * 1e3:.1f} vs {measured.itl_quantile(0.99) * 1e3:.1f} ms "
-                      f"({(second.itl_quantile(0.99) / measured.itl_quantile(0.99) - 1) * 100:+.1f}%), p50 "
-                      f"{second.itl_quantile(0.5) * 1e3:.1f} vs {measured.itl_quantile(0.5) * 1e3:.1f} ms "
-                      f"({(second.itl_quantile(0.5) / measured.itl_quantile(0.5) - 1) * 100:+.1f}%)", flush=True)
-            print(f"replayed in {time.perf_counter() - started:.1f} s; errors: {len(measured.errors)}", flush=True)
+            replays = []
+            for i in range(args.replays):
+                started = time.perf_counter()
+                replays.append(measure_replay(fleet, trace))
+                print(f"replay {i + 1}: {time.perf_counter() - started:.1f} s, errors {len(replays[-1]['errors'])}, "
+                      f"preemptions (KV cache full) {replays[-1]['preempted']:.0f}", flush=True)
         finally:
             fleet.stop()
+        saved = {"streams": streams, "steps": steps, "rpcs": rpcs, "one_stream_gaps": gaps, "replays": replays}
         if args.save:
-            Path(args.save).write_text(json.dumps({"streams": streams, "steps": steps, "rpcs": rpcs, "errors":
-                                                   measured.errors, "token_times": measured.token_times,
-                                                   "gateway_itl": gateway_itl, "one_stream_gaps": gaps}))
+            Path(args.save).write_text(json.dumps(saved))
+    streams, steps, rpcs, gaps = saved["streams"], saved["steps"], saved["rpcs"], saved.get("one_stream_gaps") or []
     for n, st, r in zip(streams, steps, rpcs):
         print(f"calibration: {n:3.0f} streams  step {st * 1e3:7.2f} ms  Combine RPC {r * 1e3:6.2f} ms", flush=True)
     # the simulator's per-RPC batch for N streams here: N x 1 gateway x top-2 x share 1/2 / 1 RPC at a time = N
@@ -129,27 +164,58 @@ def main() -> int:
                      min_replicas=2, max_replicas=2, startup_s=0.0, prefill_chunk_tokens=2048)
     shares = np.full((int(trace.duration_s) // 60 + 2, 2), 0.5)
     runs = {"simulated": None}
-    if len(gaps) >= 8:  # the step's own spread at a fixed batch, from the 1-stream calibration
-        g = np.asarray(gaps) / float(np.median(gaps))
-        runs["+jitter"] = g[g >= 0.25]  # a near-0 gap is two tokens delivered together, not a step
-        print(f"one stream alone: {len(gaps)} gaps, p50 {np.median(gaps) * 1e3:.1f} ms, p99 / p50 = "
-              f"{np.quantile(runs['+jitter'], 0.99):.2f}")
+    if len(gaps) >= 8:  # the step's own spread at a fixed batch, from one stream alone (eaas/plan/stalls.py)
+        runs["+stalls"] = StepStalls.from_gaps(gaps, seed=args.seed)
+        extra = runs["+stalls"].extra
+        print(f"one stream alone: {len(gaps)} gaps, p50 {np.median(gaps) * 1e3:.1f} ms; extra over it p90 "
+              f"{np.quantile(extra, 0.9) * 1e3:.1f} ms, p99 {np.quantile(extra, 0.99) * 1e3:.1f} ms")
     sims = {name: simulate(trace, StaticPolicy(np.array([2, 2])), np.array([2, 2]), shares, dep, Autoscaling(1e9),
                            profile, slo_itl_s=1.0, duration_s=trace.duration_s + 120, tick_s=args.tick_ms / 1e3,
-                           step_jitter=jitter) for name, jitter in runs.items()}
-    figures = [("throughput, tokens/s", measured.throughput(), lambda o: o.served_tokens / o.last_token_s),
-               ("p99 inter-token latency, ms", measured.itl_quantile(0.99) * 1e3, lambda o: o.itl_p99_s * 1e3),
-               ("p50 inter-token latency, ms", measured.itl_quantile(0.5) * 1e3, lambda o: o.itl_p50_s * 1e3)]
-    if gateway_itl:
-        figures += [("p99 ITL in the gateway, ms", histogram_quantile(gateway_itl, 0.99) * 1e3,
+                           step_stalls=stalls) for name, stalls in runs.items()}
+    measured = [ReplayResult(0.0, r["token_times"], r["errors"]) for r in replays]
+    figures = [("throughput, tokens/s", [m.throughput() for m in measured], lambda o: o.served_tokens / o.last_token_s),
+               ("p99 inter-token latency, ms", [m.itl_quantile(0.99) * 1e3 for m in measured],
+                lambda o: o.itl_p99_s * 1e3),
+               ("p50 inter-token latency, ms", [m.itl_quantile(0.5) * 1e3 for m in measured],
+                lambda o: o.itl_p50_s * 1e3)]
+    if all(r.get("gateway_itl") for r in replays):
+        figures += [("p99 ITL in the gateway, ms", [histogram_quantile(r["gateway_itl"], 0.99) * 1e3 for r in replays],
                      lambda o: o.itl_p99_s * 1e3),
-                    ("p50 ITL in the gateway, ms", histogram_quantile(gateway_itl, 0.5) * 1e3,
+                    ("p50 ITL in the gateway, ms", [histogram_quantile(r["gateway_itl"], 0.5) * 1e3 for r in replays],
                      lambda o: o.itl_p50_s * 1e3)]
-    print(f"measured tokens {measured.tokens}, simulated {sims['simulated'].served_tokens:.0f}")
-    print(f"{'figure':<30}{'measured':>10}" + "".join(f"{name:>11}{'error':>8}" for name in sims))
-    for name, m, of in figures:
-        print(f"{name:<30}{m:>10.1f}" + "".join(f"{of(o):>11.1f}{(of(o) - m) / m * 100:>7.1f}%" for o in sims.values()))
+    print(f"measured tokens per replay {[m.tokens for m in measured]}, simulated {sims['simulated'].served_tokens:.0f}")
+    print(f"{'figure':<30}" + "".join(f"{'run ' + str(i + 1):>9}" for i in range(len(measured)))
+          + f"{'median':>9}{'spread':>8}" + "".join(f"{name:>11}{'error':>8}" for name in sims))
+    for name, values, of in figures:
+        mid = float(np.median(values))
+        spread = (max(values) - min(values)) / mid * 100 if mid else 0.0
+        print(f"{name:<30}" + "".join(f"{v:>9.1f}" for v in values) + f"{mid:>9.1f}{spread:>7.0f}%"
+              + "".join(f"{of(o):>11.1f}{(of(o) - mid) / mid * 100:>7.1f}%" for o in sims.values()))
+    # what the real tail consists of: the batch the gateway ran and its Combine RPCs, next to the simulator's
+    sim = sims["simulated"]
+    busy = sim.tick_tokens > 0
+    print(f"simulated: sequences per step p50 {weighted(sim.tick_sequences, sim.tick_tokens, 0.5):.0f}, "
+          f"p99 {weighted(sim.tick_sequences, sim.tick_tokens, 0.99):.0f} (token-weighted); busy {busy.sum() * args.tick_ms / 1e3:.1f} s")
+    for i, r in enumerate(replays):
+        if not r.get("running"):
+            continue
+        running = np.asarray([x[1] for x in r["running"]])
+        waiting = np.asarray([x[2] for x in r["running"]])
+        busy_r = running > 0
+        rpc = r.get("gateway_rpc")
+        rpc_part = (f"Combine RPC p50 {histogram_quantile(rpc, 0.5, RPC_BUCKETS) * 1e3:.1f} ms, p99 "
+                    f"{histogram_quantile(rpc, 0.99, RPC_BUCKETS) * 1e3:.1f} ms; " if rpc else "")
+        print(f"replay {i + 1}: running sequences p50 {np.median(running[busy_r]):.0f}, p99 "
+              f"{np.quantile(running[busy_r], 0.99):.0f}, queue max {waiting.max():.0f}; {rpc_part}"
+              f"busy {busy_r.sum() * 0.25:.1f} s; calibrated step at its p99 batch "
+              f"{float(np.interp(np.quantile(running[busy_r], 0.99), streams, steps)) * 1e3:.0f} ms")
     return 0
+
+
+def weighted(values, weights, q):
+    from eaas.plan.simulator import weighted_quantile
+
+    return weighted_quantile(values, weights, q)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Predictive load forecast for expert groups: each group's tokens/s one start-up delay from now.
 
 A pure function of past load readings, so the operator (autoscaling.policy: predictive) and the planner
-(`eaas plan`) run the same code. Three signals:
+(`eaas plan`) run the same code. The readings are the load windows themselves (10 s each, as gateways
+write them to Redis), not the autoscaler's 30 s mean: a burst that a 30 s mean smooths away (a few long
+prompts prefilled in one step) shows in the 10 s windows' spread, and that spread is what the headroom is
+made of. Three signals:
 - trend: the least-squares line through a group's last readings (10 minutes by default: long enough that
   minute-scale bursts are noise around the line, not its slope), extrapolated `horizon_s` ahead (a replica
   asked for now serves only after its start-up delay, so that is when its load matters); a falling line
@@ -9,12 +12,16 @@ A pure function of past load readings, so the operator (autoscaling.policy: pred
 - burst statistics: the readings' spread around their lines, relative to the level and pooled over all
   groups (load-weighted), x `burst_z` x a group's level is added as headroom. Pooled because bursts are
   mostly the whole deployment's traffic moving at once, and because a decode step waits for the slowest
-  group: every group keeps the same relative margin, where per-group spreads from 40 noisy readings would
-  leave some groups with less margin than others (and those set the step time);
+  group: every group keeps the same relative margin, where per-group spreads from noisy readings would
+  leave some groups with less margin than others (and those set the step time). At low traffic the
+  relative spread grows (a prompt burst is as big as at the peak, the level is not), so the margin does:
+  standing headroom follows the bursts measured now, not a fixed fraction of the target;
 - routing affinity: a group's load follows the load of the groups that route tokens into it (the experts a
   token picks in one layer predict the next layer's, "Patterns behind Chaos", arXiv 2510.05497), so each
   group's trend forecast is blended with the affinity-weighted trend forecasts of the others.
-The autoscaler then treats max(load now, forecast) as the load (operator/autoscale.py decides replicas).
+The autoscaler then treats max(load now, forecast) as the load (operator/autoscale.py decides replicas),
+with its scale-down hold cut to the horizon (predictive_policy): the forecast's margin replaces the long
+hold's, so the group gives replicas back sooner after a burst and spends less at the same target.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ ASSUMED_STARTUP_S = 60.0  # the operator's horizon: a replica's start-up (not in
 @dataclass(frozen=True)
 class ForecastSettings:
     horizon_s: float                # how far ahead: replica start-up delay + one decision interval
-    lookback: int = 40              # readings used for the trend and the spread (40 x 15 s = 10 min)
-    burst_z: float = 1.75           # headroom in (pooled, relative) standard deviations around the trend
+    lookback: int = 60              # load windows used for the trend and the spread (60 x 10 s = 10 min)
+    burst_z: float = 1.0            # headroom in (pooled, relative) standard deviations around the trend:
+    #                                 benchmarks/plan_targets.py's sweep: the most that spends no more than reactive
     affinity_weight: float = 0.3    # share of the routed (affinity) forecast in the blend
 
 

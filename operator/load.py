@@ -26,13 +26,18 @@ def expert_rates(client: redis.Redis, deployment: str, now: float, windows: int)
     return load_rates([{int(e): int(n) for e, n in window.items()} for window in pipe.execute()], windows)
 
 
-def group_load_readings(client: redis.Redis, deployment: str, groups: list[ExpertGroup], now: float,
-                        interval_s: float, windows: int, lookback: int) -> list[list[tuple[float, float]]]:
-    """Per group, the load the autoscaler would have read at each of the last `lookback` intervals up to now
-    (oldest first), from the windows Redis still holds: the predictive policy's input, kept nowhere else."""
-    times = [now - i * interval_s for i in reversed(range(lookback))]
-    per_time = [group_rates(expert_rates(client, deployment, t, windows), groups) for t in times]
-    return [[(t, loads[g.name]) for t, loads in zip(times, per_time)] for g in groups]
+def group_window_readings(client: redis.Redis, deployment: str, groups: list[ExpertGroup], now: float,
+                          lookback: int) -> list[list[tuple[float, float]]]:
+    """Per group, (window start, tokens/s) of each of the last `lookback` complete load windows, oldest first,
+    in one round trip: the predictive policy's input (absent windows count as 0), kept nowhere else."""
+    keys = DeploymentKeys(deployment)
+    buckets = list(reversed(complete_load_buckets(now, lookback)))
+    pipe = client.pipeline(transaction=False)
+    for bucket in buckets:
+        pipe.hgetall(keys.load(bucket))
+    per_window = [group_rates(load_rates([{int(e): int(n) for e, n in window.items()}], 1), groups)
+                  for window in pipe.execute()]
+    return [[(float(b), rates[g.name]) for b, rates in zip(buckets, per_window)] for g in groups]
 
 
 def group_rates(rates: dict[int, float], groups: list[ExpertGroup]) -> dict[str, float]:

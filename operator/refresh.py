@@ -107,8 +107,7 @@ class Refresher:
         decide_on = loads
         if scaling.policy == "predictive":
             horizon = ASSUMED_STARTUP_S + scaling.interval_seconds
-            readings = load.group_load_readings(client, moe.name, moe.groups, now, scaling.interval_seconds,
-                                                scaling.load_windows, ForecastSettings(horizon).lookback)
+            readings = load.group_window_readings(client, moe.name, moe.groups, now, ForecastSettings(horizon).lookback)
             decide_on = dict(zip([g.name for g in moe.groups], decision_loads(
                 [loads[g.name] for g in moe.groups], readings, ForecastSettings(horizon))))
             policy = predictive_policy(policy, horizon)

@@ -10,6 +10,7 @@ import time
 
 from eaas.errors import UserError
 from eaas.operator.forecast import ForecastSettings
+from eaas.plan.planner import DEFAULT_HEADROOM
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -55,8 +56,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="inter-token latency SLO (default: twice a full batch's step with a replica per gateway, "
                         "from the profile)")
     a.add_argument("--target-per-replica", type=float,
-                   help="targetTokensPerSecondPerReplica (default: the load at which a full step takes 80%% "
-                        "of the SLO, from the profile)")
+                   help="targetTokensPerSecondPerReplica (default: the load at which a full step takes --headroom "
+                        "x the SLO, from the profile)")
+    a.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
+                   help="share of the SLO a full gateway's step takes at the target load (sets the default target; "
+                        "chosen by the sweep in benchmarks/plan_targets.py)")
     a.add_argument("--interval-s", type=float, default=15.0, help="intervalSeconds")
     a.add_argument("--load-windows", type=int, default=3, help="loadWindows (10 s each)")
     a.add_argument("--scale-up-window-s", type=float, default=0.0, help="scaleUpStabilizationSeconds")
@@ -69,8 +73,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="a request fails after its steps stall this long (a group without replicas)")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print one JSON object keyed by policy")
-    o.add_argument("--report", metavar="DIR", help="write PNG plots and index.html to DIR (replays again at 4 more "
-                   "targets per policy for the cost-vs-SLO curves)")
+    o.add_argument("--report", metavar="DIR", help="write PNG plots and index.html to DIR (replays again at 5 more "
+                   "headrooms per policy for the cost-vs-SLO frontier)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -106,11 +110,14 @@ def build_scenario(args):
                      max_batch_per_gateway=args.max_batch, min_replicas=args.min_replicas,
                      max_replicas=args.max_replicas, startup_s=args.startup_s)
     slo = args.slo_itl_ms / 1e3 if args.slo_itl_ms else default_slo_s(profile, dep)
-    target = args.target_per_replica or target_per_replica(profile, dep, slo)
+    if not 0 < args.headroom <= 1:
+        raise UserError("--headroom must be in (0, 1]")
+    target = args.target_per_replica or target_per_replica(profile, dep, slo, args.headroom)
     scaling = Autoscaling(target_per_replica=target, interval_s=args.interval_s, load_windows=args.load_windows,
                           scale_up_window_s=args.scale_up_window_s, scale_down_window_s=args.scale_down_window_s)
     return Scenario(trace, popularity, profile, dep, scaling, slo, args.placement,
-                    Faults(args.failures_per_minute, args.request_timeout_s, args.seed), args.forecast_z)
+                    Faults(args.failures_per_minute, args.request_timeout_s, args.seed), args.forecast_z,
+                    None if args.target_per_replica else args.headroom)
 
 
 def run(args) -> int:

@@ -64,14 +64,16 @@ def plot_frontier(path: Path, table: dict, curves: dict | None = None) -> None:
         ax.plot([p["ratio"] for p in points], [p["slo_attainment"] * 100 for p in points], "o-", ms=3, lw=1,
                 color=COLORS.get(name), alpha=0.6)
         for p in points:
-            ax.annotate(f"x{p['target_x']:g}", (p["ratio"], p["slo_attainment"] * 100), fontsize=6,
+            label = f"h{p['headroom']:g}" if p.get("headroom") is not None else f"x{p['target_x']:g}"
+            ax.annotate(label, (p["ratio"], p["slo_attainment"] * 100), fontsize=6,
                         textcoords="offset points", xytext=(3, -8), color=COLORS.get(name))
     for name, row in table.items():
         ax.scatter(row["ratio"], row["slo_attainment"] * 100, color=COLORS.get(name), s=60, label=name, zorder=3)
     ax.axhline(99, color="red", lw=0.6, ls="--")
     ax.set_xlabel("replica-seconds / static")
     ax.set_ylabel("% of tokens within the ITL SLO")
-    ax.set_title("cost vs SLO (lines: target per replica x0.6..x1.6)" if curves else "cost vs SLO per policy")
+    ax.set_title("cost vs SLO (lines: each policy at headrooms h, the share of the SLO a full step takes at "
+                 "the target)" if curves else "cost vs SLO per policy", fontsize=8)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -90,6 +92,13 @@ def write_report(directory: str | Path, scenario, result, table: dict, curves: d
         f"<tr><td>{html.escape(n)}</td><td>{r['ratio']:.3f}</td><td>{r['mean_replicas']:.1f}</td>"
         f"<td>{r['slo_attainment'] * 100:.2f}%</td><td>{r['itl_p99_s'] * 1e3:.0f} ms</td>"
         f"<td>{r['ttft_p99_s']:.2f} s</td><td>{r['failed_requests']}</td></tr>" for n, r in table.items())
+    frontier_rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{p['headroom'] if p.get('headroom') is not None else '-'}</td>"
+        f"<td>x{p['target_x']:g}</td><td>{p['ratio']:.3f}</td><td>{p['slo_attainment'] * 100:.2f}%</td>"
+        f"<td>{p['violating_tokens']:,.0f}</td></tr>" for name, points in (curves or {}).items() for p in points)
+    frontier_table = (f"<table border=1 cellpadding=4><tr><th>policy</th><th>headroom</th><th>target</th>"
+                      f"<th>replica-s / static</th><th>tokens within SLO</th><th>violating tokens</th></tr>"
+                      f"{frontier_rows}</table>") if frontier_rows else ""
     page = f"""<!doctype html><meta charset="utf-8"><title>eaas plan</title>
 <h1>eaas plan</h1>
 <p>{len(scenario.trace)} requests over {scenario.trace.duration_s / 3600:.2f} h; {dep.experts} experts, top-{dep.top_k},
@@ -98,7 +107,7 @@ SLO {scenario.slo_itl_s * 1e3:.0f} ms per token; profile {html.escape(scenario.p
 RPCs per step {result.rpcs_per_step:.0f}.</p>
 <table border=1 cellpadding=4><tr><th>policy</th><th>replica-s / static</th><th>mean replicas</th>
 <th>tokens within SLO</th><th>ITL p99</th><th>TTFT p99</th><th>failed</th></tr>{rows}</table>
-<h2>Cost vs SLO</h2><img src="frontier.png">
+<h2>Cost vs SLO</h2><img src="frontier.png">{frontier_table}
 <h2>Replicas vs load, hottest groups</h2><img src="load_vs_replicas.png">
 <h2>Expert popularity</h2><img src="popularity.png">
 """

@@ -75,6 +75,9 @@ class Outcome:
     mean_batch_per_gateway: float  # sequences per gateway step, averaged over ticks with traffic
     last_token_s: float            # end of the last tick that produced a token
     window_loads: np.ndarray       # [10 s windows, groups] served pairs, as gateways write them to Redis
+    tick_step_s: np.ndarray        # [ticks] the step time of each tick (0 while stalled)
+    tick_tokens: np.ndarray        # [ticks] tokens served in each tick
+    tick_sequences: np.ndarray     # [ticks] sequences in each tick's steps (all gateways)
 
     @property
     def slo_attainment(self) -> float:
@@ -188,23 +191,20 @@ def failure_times(faults: Faults, duration: int) -> list[float]:
 def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: np.ndarray, dep: Deployment,
              autoscaling: Autoscaling, profile: ServiceProfile, slo_itl_s: float, faults: Faults = Faults(),
              duration_s: float | None = None, progress=None, tick_s: float = 1.0,
-             step_jitter: np.ndarray | None = None) -> Outcome:
-    """Replay `trace` under `policy` (an object with decide(now, current, loads) -> desired replicas).
+             step_stalls=None) -> Outcome:
+    """Replay `trace` under `policy` (an object with decide(now, current, loads, windows) -> desired replicas;
+    loads: per group, pairs/s over the last `load_windows` complete windows; windows: those windows as
+    (start second, per-group pairs/s) pairs, oldest first).
 
     tick_s: the replay's time step; shorter than the steps it models (1 s for multi-layer models whose
     steps take seconds, ~10 ms to compare with a small model's tens-of-ms steps).
-    step_jitter: measured step times / their median at a fixed batch (a real system's step varies at the
-    same load: Python, gRPC, the OS); each tick's step is scaled by one drawn at random, in proportion to
-    its length. None: no jitter.
+    step_stalls: a StepStalls (eaas/plan/stalls.py): each tick's step plus a measured stall, as a real
+    system's step varies at the same load; None: the modelled step alone.
     """
     duration = float(math.ceil(duration_s if duration_s is not None else trace.duration_s + 1))
     ticks = int(math.ceil(duration / tick_s))
     groups = group_shares_by_minute.shape[1]
     pick = np.random.default_rng(faults.seed + 1)
-    jitter = None
-    if step_jitter is not None:  # a step j x the median lasts j x as long: ticks meet it in proportion to j,
-        j = np.asarray(step_jitter, dtype=np.float64)  # so per token the spread is the measured one
-        jitter = np.random.default_rng(faults.seed + 2).choice(j, ticks, p=j / j.sum())
     failures = deque(failure_times(faults, duration))
     replicas = Replicas(initial, dep.startup_s)
     capacity = dep.gateways * dep.max_batch_per_gateway
@@ -223,6 +223,7 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
     minute_replicas = np.zeros((minutes, groups))
     tick_step = np.zeros(ticks)
     tick_tokens = np.zeros(ticks)
+    tick_sequences = np.zeros(ticks)
     replica_seconds = 0.0
     served = good = 0.0
     failed = 0
@@ -242,10 +243,13 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         if now >= next_decision:
             complete = int(now // LOAD_BUCKET_S)  # windows before the open one
             first = max(0, complete - autoscaling.load_windows)
-            pairs = sum(bucket_tokens[b] * shares[b * LOAD_BUCKET_S // 60] for b in range(first, complete))
-            loads = pairs * pairs_per_token / (LOAD_BUCKET_S * autoscaling.load_windows) if complete > first \
-                else np.zeros(groups)
-            replicas.set_desired(now, np.clip(policy.decide(now, replicas.desired.copy(), loads),
+            windows = np.array([bucket_tokens[b] * shares[b * LOAD_BUCKET_S // 60] for b in range(first, complete)]
+                               ).reshape(-1, groups) * (pairs_per_token / LOAD_BUCKET_S)  # [window, group] pairs/s
+            # absent windows count as 0, as the operator reads them (operator/load.py)
+            loads = windows.sum(axis=0) / autoscaling.load_windows if complete > first else np.zeros(groups)
+            window_starts = [b * LOAD_BUCKET_S for b in range(first, complete)]
+            replicas.set_desired(now, np.clip(policy.decide(now, replicas.desired.copy(), loads,
+                                                            list(zip(window_starts, windows))),
                                               dep.min_replicas, dep.max_replicas))
             next_decision += autoscaling.interval_s
         if model_key != (minute, replicas.version):
@@ -266,8 +270,8 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         if prefill and math.isfinite(step):  # prompt tokens share the tick's steps (chunked prefill)
             for _ in range(2):
                 step = model.seconds(n / dep.gateways, (n + prefill * min(1.0, step / tick_s)) / dep.gateways)
-        if jitter is not None:
-            step *= jitter[t]
+        if step_stalls is not None and math.isfinite(step):
+            step += step_stalls.draw(step)
         for i in admitted:
             ttft[i] = max(0.0, now - arrival_s[i]) + (math.ceil(prompts[i] / dep.prefill_chunk_tokens) + 1) * step
             heapq.heappush(active, progress_tokens + responses[i])
@@ -285,6 +289,7 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
             bucket_tokens[int(now // LOAD_BUCKET_S)] += tokens + prefill
             tick_step[t] = step
             tick_tokens[t] = tokens
+            tick_sequences[t] = n
         else:
             stalled_s += tick_s
             if stalled_s > faults.request_timeout_s and active:
@@ -312,4 +317,5 @@ def simulate(trace: Trace, policy, initial: np.ndarray, group_shares_by_minute: 
         minute_itl=np.divide(minute_step_tokens, minute_tokens, out=np.zeros(minutes), where=minute_tokens > 0),
         mean_batch_per_gateway=float(np.mean((tick_tokens * tick_step)[busy]) / tick_s / dep.gateways)
         if busy.any() else 0.0,
-        last_token_s=float(np.flatnonzero(busy)[-1] + 1) * tick_s if busy.any() else 0.0, window_loads=window_loads)
+        last_token_s=float(np.flatnonzero(busy)[-1] + 1) * tick_s if busy.any() else 0.0, window_loads=window_loads,
+        tick_step_s=tick_step, tick_tokens=tick_tokens, tick_sequences=tick_sequences)

@@ -75,3 +75,23 @@ def test_without_slo_itl_ms_the_slo_is_twice_a_full_batchs_step_from_the_profile
     assert f"SLO {slo_ms:.0f} ms" in out.stdout
     out = eaas("plan", "--hours", "0.1", *SMALL, "--profile", str(table), "--policies", "static")
     assert "SLO 400 ms" in out.stdout
+
+
+def test_the_report_frontier_has_a_point_per_headroom_and_the_default_target_follows_headroom(tmp_path):
+    out = eaas("plan", "--hours", "0.25", "--rate-scale", "0.5", *SMALL, "--policies", "static,reactive,predictive",
+               "--report", str(tmp_path / "report"))
+    assert out.returncode == 0, out.stderr
+    curves = json.loads((tmp_path / "report" / "summary.json").read_text())["frontier"]
+    assert set(curves) == {"reactive", "predictive"}
+    for points in curves.values():
+        assert [p["headroom"] for p in points] == [0.55, 0.6, 0.65, 0.7, 0.75, 0.8]
+        assert [p["target_x"] for p in points] == sorted(p["target_x"] for p in points)  # more headroom, more load
+        assert next(p for p in points if p["headroom"] == 0.65)["target_x"] == 1.0  # the default run's own point
+        assert all(0.0 <= p["slo_attainment"] <= 1.0 and p["violating_tokens"] >= 0 for p in points)
+
+    def target(*flags):
+        run = eaas("plan", "--hours", "0.05", *SMALL, "--policies", "static", *flags)
+        assert run.returncode == 0, run.stderr
+        return float(run.stdout.split("target ")[1].split(" pairs/s")[0])
+    assert target("--headroom", "0.5") < target() < target("--headroom", "0.8")
+    assert target("--target-per-replica", "123") == 123.0

@@ -13,6 +13,7 @@ from eaas.plan.placement import contiguous_placement, group_shares
 from eaas.plan.policies import ReactivePolicy, StaticPolicy
 from eaas.plan.popularity import skewed_popularity
 from eaas.plan.simulator import Autoscaling, Deployment, Faults, StepModel, simulate, step_seconds
+from eaas.plan.stalls import StepStalls
 from eaas.plan.trace import Trace
 
 DEP = Deployment(experts=16, top_k=2, moe_layers=4, experts_per_group=4, gateways=2, max_batch_per_gateway=64,
@@ -103,11 +104,30 @@ def test_prompt_tokens_lengthen_the_gateways_part_of_the_step(profile):
 
 
 
-def test_measured_step_jitter_stretches_the_tail_not_the_median(profile):
+def test_measured_stalls_stretch_the_tail_not_the_median(profile):
     trace = steady_trace(20, 120)
     calm = run(trace, 16, profile=profile, seconds=200)
-    spread = np.array([1.0] * 97 + [3.0] * 3)  # 3% of steps take 3x the median, as a busy machine's do
-    jittery = simulate(trace, StaticPolicy(np.full(4, 16)), np.full(4, 16), shares(60), DEP, Autoscaling(1000.0),
-                       profile, SLO, duration_s=200, step_jitter=spread)
-    assert jittery.itl_p50_s == pytest.approx(calm.itl_p50_s, rel=0.05)
-    assert jittery.itl_p99_s > 2 * calm.itl_p99_s
+    stalls = StepStalls([0.0] * 97 + [0.02] * 3)  # 3% of steps take 20 ms more, as a busy machine's do
+    stalled = simulate(trace, StaticPolicy(np.full(4, 16)), np.full(4, 16), shares(60), DEP, Autoscaling(1000.0),
+                       profile, SLO, duration_s=200, step_stalls=stalls)
+    assert stalled.itl_p50_s == pytest.approx(calm.itl_p50_s, rel=0.05)
+    assert stalled.itl_p99_s == pytest.approx(calm.itl_p99_s + 0.02, rel=0.1)
+
+
+def test_stalls_are_drawn_per_step_not_per_tick():
+    # a tick meets a step of length s + e in proportion to s + e: half the steps stalled by 3 s on a 1 s step
+    # are 4/5 of the ticks
+    stalls = StepStalls([0.0, 3.0], seed=3)
+    draws = np.array([stalls.draw(1.0) for _ in range(20_000)])
+    assert (draws == 3.0).mean() == pytest.approx(0.8, abs=0.02)
+    assert StepStalls.from_gaps([0.1, 0.1, 0.1, 0.3, 0.001]).extra.tolist() == pytest.approx([0.0, 0.0, 0.0, 0.2])
+
+
+def test_the_per_tick_record_adds_up_to_the_outcome(profile):
+    trace = steady_trace(20, 120)
+    out = run(trace, 4, profile=profile, seconds=200)
+    assert out.tick_tokens.sum() == pytest.approx(out.served_tokens)
+    busy = out.tick_tokens > 0
+    assert (out.tick_step_s[busy] > 0).all() and (out.tick_sequences[busy] >= 1).all()
+    assert (out.tick_sequences[~busy] == 0).all()
+    assert out.tick_sequences.max() <= DEP.gateways * DEP.max_batch_per_gateway
