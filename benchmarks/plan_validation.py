@@ -160,7 +160,8 @@ def main() -> int:
     # the simulator's per-RPC batch for N streams here: N x 1 gateway x top-2 x share 1/2 / 1 RPC at a time = N
     profile = profile_from_dict({"name": "this run", "expert_call_s": {"batch": streams, "seconds": rpcs},
                                  "gateway_layer_s": {"batch": streams, "seconds": gateway_layer_seconds(steps, rpcs)}})
-    dep = Deployment(experts=8, top_k=2, moe_layers=4, experts_per_group=4, gateways=1, max_batch_per_gateway=256,
+    # at most 64 requests in flight: the replay's cap per connection (eaas/plan/replay.py)
+    dep = Deployment(experts=8, top_k=2, moe_layers=4, experts_per_group=4, gateways=1, max_batch_per_gateway=64,
                      min_replicas=2, max_replicas=2, startup_s=0.0, prefill_chunk_tokens=2048)
     shares = np.full((int(trace.duration_s) // 60 + 2, 2), 0.5)
     runs = {"simulated": None}

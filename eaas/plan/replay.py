@@ -4,7 +4,10 @@ Used to validate the simulator against a real `eaas up` (benchmarks/plan_validat
 synthetic token ids of the trace's prompt length; every request decodes exactly its response length
 (ignore_eos), so measured and simulated runs serve the same tokens. All requests share one client (one
 gRPC channel per gateway): a channel per request would add a TCP and HTTP/2 handshake per arrival on
-the machine the gateway runs on, work a real client does elsewhere.
+the machine the gateway runs on, work a real client does elsewhere. One channel carries at most
+`max_streams` streams at once (the gateway's per-connection limit, `--max-concurrent-streams`, default 64:
+past it the server refuses streams with RST_STREAM REFUSED_STREAM); a request past that waits here for a
+stream, as it would wait for a batch slot, and the simulator is given the same cap.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ class ReplayResult:
         return float(np.quantile(gaps, q)) if len(gaps) else 0.0
 
 
-def replay(trace: Trace, gateways: list[str], vocab: int = 250, timeout_s: float = 300.0) -> ReplayResult:
+def replay(trace: Trace, gateways: list[str], vocab: int = 250, timeout_s: float = 300.0,
+           max_streams: int = 64) -> ReplayResult:
     times: list[list[float]] = [[] for _ in range(len(trace))]
+    streams = threading.BoundedSemaphore(max_streams * len(gateways))
     errors: list[str] = []
     client = SyncClient(gateways, timeout=timeout_s)
     client.info()  # channels connected before the clock starts
@@ -51,10 +56,11 @@ def replay(trace: Trace, gateways: list[str], vocab: int = 250, timeout_s: float
     def run(i: int) -> None:
         prompt = [(i * 31 + j * 7) % vocab + 1 for j in range(max(1, int(trace.prompt_tokens[i])))]
         try:
-            for chunk in client.generate_stream(prompt_ids=prompt, max_tokens=int(trace.response_tokens[i]),
-                                                ignore_eos=True, temperature=0.0):
-                now = time.perf_counter() - start
-                times[i].extend([now] * len(chunk.token_ids))
+            with streams:
+                for chunk in client.generate_stream(prompt_ids=prompt, max_tokens=int(trace.response_tokens[i]),
+                                                    ignore_eos=True, temperature=0.0):
+                    now = time.perf_counter() - start
+                    times[i].extend([now] * len(chunk.token_ids))
         except Exception as exc:  # reported by the caller
             errors.append(f"request {i}: {exc!r}")
 
