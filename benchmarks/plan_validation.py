@@ -210,7 +210,35 @@ def main() -> int:
               f"{np.quantile(running[busy_r], 0.99):.0f}, queue max {waiting.max():.0f}; {rpc_part}"
               f"busy {busy_r.sum() * 0.25:.1f} s; calibrated step at its p99 batch "
               f"{float(np.interp(np.quantile(running[busy_r], 0.99), streams, steps)) * 1e3:.0f} ms")
+        print_gap_decomposition(r, streams, steps)
     return 0
+
+
+def print_gap_decomposition(replay: dict, streams, steps) -> None:
+    """Each measured gap next to the calibrated step at the batch the gateway ran then (its running gauge): is
+    the tail a bigger batch (gap ~ the step at that batch), or the same step taking longer (and by a ratio, or
+    by an added stall)?"""
+    import numpy as np
+
+    samples = np.asarray(replay["running"])
+    gaps, batch = [], []
+    for times in replay["token_times"]:
+        t = np.asarray(times)
+        if len(t) < 2:
+            continue
+        g, at = np.diff(t), t[1:]
+        keep = g > 1e-3  # tokens delivered together are one step's
+        gaps.append(g[keep])
+        batch.append(np.interp(at[keep], samples[:, 0], samples[:, 1]))
+    gaps, batch = np.concatenate(gaps), np.concatenate(batch)
+    model = np.interp(batch, streams, steps)
+    for lo, hi in ((1, 8), (8, 16), (16, 32), (32, 65)):
+        m = (batch >= lo) & (batch < hi)
+        if m.sum() < 50:
+            continue
+        print(f"    batch {lo:2d}-{hi - 1:2d}: {m.sum():5d} gaps; calibrated step {np.median(model[m]) * 1e3:5.0f} ms, gap p50 "
+              f"{np.median(gaps[m]) * 1e3:5.0f} p99 {np.quantile(gaps[m], 0.99) * 1e3:5.0f} ms; gap / step p99 "
+              f"{np.quantile(gaps[m] / model[m], 0.99):4.2f}, gap - step p99 {np.quantile(gaps[m] - model[m], 0.99) * 1e3:5.0f} ms")
 
 
 def weighted(values, weights, q):
