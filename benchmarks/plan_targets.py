@@ -8,7 +8,8 @@ Prints, for the CLI's defaults (plus any `eaas plan` flags given):
 - the frontier: both policies at headrooms 0.55..0.8 (the share of the SLO a full step takes at the target
   load), predictive's violating tokens at reactive's cost at each point, and the cheapest headroom at
   which reactive keeps 99% (how the default --headroom was chosen);
-- predictive at --forecast-z +-0.25 (how its default was chosen: no more cost than reactive);
+- predictive at --forecast-z -0.25, +0.05, +0.25 (how its default was chosen: the most that costs no more
+  than reactive);
 - served tokens lost to 1 replica failure per minute, per policy (target < 2%);
 - co-hot (ExFlow-style) vs contiguous placement: RPCs per step and replica-seconds, reactive.
 
@@ -78,7 +79,7 @@ def main() -> int:
 
     # predictive's own knob (burst headroom, in pooled relative standard deviations of the 10 s windows)
     sweep = [(p["ratio"], p["slo_violating_tokens"], scenario.forecast_z)]
-    for z in (scenario.forecast_z - 0.25, scenario.forecast_z + 0.25):
+    for z in (scenario.forecast_z - 0.25, scenario.forecast_z + 0.05, scenario.forecast_z + 0.25):
         row = summary(run_plan(dataclasses.replace(scenario, forecast_z=z), ("predictive",),
                                ample=base.ample))["predictive"]
         sweep.append((row["ratio"], row["slo_violating_tokens"], z))
