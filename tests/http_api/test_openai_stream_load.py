@@ -76,7 +76,7 @@ def test_cpu_split_gives_the_machine_rest_to_other():
 
 
 def test_summary_compares_eaas_up_with_the_fastest_generate_by_medians():
-    rounds = [Round(UP, 1000, 1.0, {"gateway": 0.5, "experts": 1.0}),
+    rounds = [Round(UP, 1000, 1.0, {"gateway": 0.5, "experts": 1.0, "this_process": 0.1}),
               Round("generate_1t", 1000, 2.0, {"this_process": 1.9}),
               Round("generate_2t", 1000, 4.0, {"this_process": 3.0}),
               Round("generate_2t", 1000, 5.0, {"this_process": 3.0}),
@@ -87,5 +87,7 @@ def test_summary_compares_eaas_up_with_the_fastest_generate_by_medians():
     assert s["tok_s"] == {UP: 800.0, "generate_1t": 450.0, "generate_2t": 225.0}
     assert s["generate_best"] == "generate_1t" and s["up_openai_over_generate"] == round(800 / 450, 3)
     assert s["failed_streams"] == 1
-    assert s["cpu_ms_per_token"][UP] == {"experts": 1.0, "gateway": 0.5, "wall": round(1e3 * 4.25 / 3000, 3)}
-    assert s["cpu_ms_per_token"]["generate_1t"]["this_process"] == 1.95
+    assert s["cpu_ms_per_token"][UP] == {"experts": 1.0, "gateway": 0.5, "this_process": 0.033, "serving": 1.5,
+                                         "wall": round(1e3 * 4.25 / 3000, 3)}
+    assert s["cpu_ms_per_token"]["generate_1t"]["this_process"] == s["cpu_ms_per_token"]["generate_1t"]["serving"] == 1.95
+    assert s["up_openai_over_generate_per_cpu_s"] == 1.3  # 1.95 / 1.5 ms of serving CPU per token, client left out
