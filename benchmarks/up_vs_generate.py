@@ -79,7 +79,7 @@ def cpu_split(before: dict[str, float], after: dict[str, float], machine_s: floa
 def summarize(rounds: list[Round], new_tokens: int) -> dict:
     """eaas up's median tok/s over the fastest generate side's median; per side, CPU milliseconds per
     generated token by component, `serving` their sum without the client (generate: this process), and the
-    same ratio per CPU-second of serving (what the figure would be with the cores to itself)."""
+    same ratio per CPU-second of serving (which does not depend on how much of shared cores each side got)."""
     sides = list(dict.fromkeys(r.side for r in rounds))
     tok_s = {side: statistics.median(r.tokens / r.wall_s for r in rounds if r.side == side) for side in sides}
     best = max((s for s in sides if s != UP), key=tok_s.get)
