@@ -62,12 +62,13 @@ class Completion:
 
 def build_request(prompt_ids=None, prompt=None, max_tokens=16, temperature=0.0, top_p=1.0, seed=None,
                   stop_token_ids=(), ignore_eos=False, session_id="", request_id="", presence_penalty=0.0,
-                  frequency_penalty=0.0, repetition_penalty=1.0, min_tokens=0,
-                  logprobs=None) -> gateway_pb2.GenerateRequest:
+                  frequency_penalty=0.0, repetition_penalty=1.0, min_tokens=0, logprobs=None,
+                  stop=None) -> gateway_pb2.GenerateRequest:
     """Every field of the gRPC GenerateRequest, named and defaulted as in OpenAI's (and vLLM's) API:
     presence_penalty / frequency_penalty in [-2, 2] over the output, repetition_penalty > 0 over prompt +
     output (1 = off), min_tokens before EOS or a stop token may end it, logprobs = how many top
-    alternatives to return with each token's logprob (0..20; None = no logprobs)."""
+    alternatives to return with each token's logprob (0..20; None = no logprobs), stop = a string or a list
+    of strings that end the text before the first one (finish_reason "stop"; the gateway needs a tokenizer)."""
     if (prompt_ids is None) == (prompt is None):
         raise ValueError("give exactly one of prompt_ids or prompt")
     req = gateway_pb2.GenerateRequest(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
@@ -84,6 +85,8 @@ def build_request(prompt_ids=None, prompt=None, max_tokens=16, temperature=0.0, 
         req.seed = seed
     if logprobs is not None:
         req.logprobs = logprobs
+    if stop is not None:
+        req.stop.extend([stop] if isinstance(stop, str) else stop)
     return req
 
 

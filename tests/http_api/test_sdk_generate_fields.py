@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import inspect
 
+import grpc
 import pytest
 from gateway_grpc import grpc_gateway
 
-from eaas.client import AsyncClient
+from eaas.client import AsyncClient, GenerationError
 from eaas.client.common import build_request
 from eaas.protos import gateway_pb2
 
@@ -91,3 +92,25 @@ async def test_logprobs_give_what_the_openai_api_gives(openai_client, service):
         # OpenAI's top_logprobs is keyed by token text: byte tokens that decode alike share one key
         assert max(top.values()) == pytest.approx(entry.top[0][1], abs=1e-5)
         assert all(any(abs(v - lp) < 1e-5 for _, lp in entry.top) for v in top.values())
+
+
+async def test_stop_strings_give_what_the_openai_api_gives(openai_client, service):
+    # seeded sampling gives "k]\x18`\x04&..." one byte token at a time; the stop string spans three tokens
+    sampled = dict(prompt="Hello, ", max_tokens=20, temperature=1.0, seed=2, ignore_eos=True)
+    async with grpc_gateway(service) as address:
+        got = await _sdk(address, stop=["]\x18`"], **sampled)
+        chunks = []
+        async with AsyncClient([address], timeout=60, api_key="") as client:
+            async for chunk in client.generate_stream(stop="]\x18`", **sampled):
+                chunks.append(chunk)
+        late = await _sdk(address, stop="]", min_tokens=3, **{**sampled, "max_tokens": 6})
+        with pytest.raises(GenerationError) as empty:
+            await _sdk(address, stop=[""], **sampled)
+    want = (await openai_client.completions.create(model="tiny-mixtral", prompt="Hello, ", max_tokens=20, seed=2,
+                                                   temperature=1.0, stop=["]\x18`"],
+                                                   extra_body={"ignore_eos": True})).choices[0]
+    assert (got.text, got.finish_reason, got.token_ids) == (want.text, want.finish_reason, want.model_extra["token_ids"])
+    assert (got.text, got.finish_reason) == ("k", "stop")
+    assert "".join(c.text for c in chunks) == "k" and chunks[-1].finish_reason == "stop"  # never streamed
+    assert (late.text, late.finish_reason) == ("k]\x18`\x04&", "length")  # not before min_tokens
+    assert empty.value.code == grpc.StatusCode.INVALID_ARGUMENT
