@@ -36,6 +36,12 @@ def sampling_params(req: gateway_pb2.GenerateRequest) -> SamplingParams:
     )
 
 
+def stop_strings(req: gateway_pb2.GenerateRequest) -> tuple[str, ...]:
+    if any(not s for s in req.stop):
+        raise RequestError("stop strings must be non-empty")
+    return tuple(req.stop)
+
+
 def logprobs_message(entries: list | None) -> list[gateway_pb2.TokenLogprob]:
     return [gateway_pb2.TokenLogprob(token_id=e.token_id, logprob=e.logprob, top_ids=[t for t, _ in e.top],
                                      top_logprobs=[lp for _, lp in e.top]) for e in entries or []]
@@ -59,9 +65,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             else:
                 raise RequestError("empty request: give prompt_ids or prompt")
             params = sampling_params(request)
-            if any(not s for s in request.stop):
-                raise RequestError("stop strings must be non-empty")
-            cutter = StopStringCutter(tuple(request.stop))
+            cutter = StopStringCutter(stop_strings(request))
             events = self.service.generate(prompt_ids, params, request.request_id,
                                            resume_ids=list(request.resume_token_ids))
             async with contextlib.aclosing(events):  # a client that leaves ends its generation

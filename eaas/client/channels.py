@@ -27,7 +27,7 @@ class _Entry:
 class GatewayChannels:
     def __init__(self, open_channel: Callable, close_channel: Callable, files: TLSFiles | None):
         """open_channel(address, credentials or None) -> channel; close_channel(channel) ends one."""
-        self._open, self._close = open_channel, close_channel
+        self._close = close_channel
         self._cache = ChannelCache(lambda address, creds: _Entry(open_channel(address, creds)), files, self._retire)
         self._lock = threading.Lock()  # a SyncClient may be shared by threads
 
