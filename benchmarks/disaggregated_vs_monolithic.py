@@ -1,7 +1,7 @@
 """Disaggregated (remote expert servers) vs monolithic (local experts), same engine, one run, per transport.
 
     python benchmarks/disaggregated_vs_monolithic.py [--seqs 64 256] [--new-tokens 32] [--fault-seconds 40]
-                                                     [--transport grpc shm] [--json]
+                                                     [--transport grpc shm] [--openai-streams 64] [--json]
 
 Every figure is measured for each --transport on the same expert processes (they offer both): grpc, and
 shm (shared-memory slots + unix-socket doorbell, eaas/rpc/slot_transport.py). Also per transport: one
@@ -9,6 +9,8 @@ layer's dispatch (RemoteExpertBackend.combine of a 64-token decode batch over th
 slower group's expert compute measured in this process on one thread) divided by a bare round trip of the
 same bytes on the same transport (benchmarks/transport_roundtrip.py's echo servers); target <= 1.5.
 --json prints every ratio as one JSON object instead of the text lines.
+Then, per transport, `eaas up --transport T` serving --openai-streams concurrent OpenAI streams divided by
+transformers.generate batched on the same prompts (benchmarks/up_vs_generate.py; target >= 1.0).
 
 Prints decode tok/s of both backends at each concurrency and their ratio (targets: >= 0.85 at 64,
 >= 0.90 at 256), then the throughput while one expert replica is SIGKILLed every 10 s divided by the
@@ -130,6 +132,8 @@ def main() -> None:
                     help="expert data paths to measure, each on the same expert processes (default: grpc shm)")
     ap.add_argument("--json", action="store_true", help="print the ratios as one JSON object")
     ap.add_argument("--dispatch-iters", type=int, default=200, help="0 skips the dispatch ratio")
+    ap.add_argument("--openai-streams", type=int, default=64,
+                    help="concurrent OpenAI streams through `eaas up` vs transformers.generate (0 skips)")
     args = ap.parse_args()
     report: dict = {"model": f"tiny mixtral hidden {args.hidden_size}, 4 layers, 8 experts top-2, fp32",
                     "experts_per_server": args.experts_per_server, "new_tokens": args.new_tokens,
@@ -183,6 +187,11 @@ def main() -> None:
             experts.fleet.stop()
         if args.fault_seconds > 0:
             fault_runs(model, ckpt, limits, args, report, say)
+        if args.openai_streams > 0:
+            from up_vs_generate import up_vs_generate
+            for name, row in up_vs_generate(model, args.openai_streams, args.new_tokens, args.transport, say=say).items():
+                report["transports"].setdefault(name, {}).update(
+                    up_openai_over_generate=row["up_openai_over_generate"], up_openai=row)
     if args.json:
         print(json.dumps(report))
 

@@ -29,7 +29,9 @@ def prompts(batch: int, vocab: int = 250) -> list[list[int]]:
     return [torch.randint(3, vocab, (int(n),), generator=g).tolist() for n in torch.randint(8, 33, (batch,), generator=g)]
 
 
-def hf_tokens_per_s(model, batch_prompts, new_tokens: int) -> float:
+def hf_generate(model, batch_prompts, new_tokens: int, **generate_kwargs) -> tuple[list[list[int]], float]:
+    """Greedy generate of the whole batch (left padding, at least new_tokens each) after a 2-token warm-up:
+    each row's new tokens (padding included where a row ended early) and the seconds it took."""
     width = max(len(p) for p in batch_prompts)
     ids = torch.full((len(batch_prompts), width), 258)
     mask = torch.zeros_like(ids)
@@ -37,12 +39,18 @@ def hf_tokens_per_s(model, batch_prompts, new_tokens: int) -> float:
         ids[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = 1
     with torch.inference_mode():
-        model.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=2, do_sample=False, pad_token_id=258)
+        model.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=2, do_sample=False, pad_token_id=258,
+                       **generate_kwargs)
         start = time.perf_counter()
         out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, pad_token_id=258)
+                             do_sample=False, pad_token_id=258, **generate_kwargs)
         elapsed = time.perf_counter() - start
-    return (out.shape[1] - width) * len(batch_prompts) / elapsed
+    return out[:, width:].tolist(), elapsed
+
+
+def hf_tokens_per_s(model, batch_prompts, new_tokens: int) -> float:
+    outs, elapsed = hf_generate(model, batch_prompts, new_tokens)
+    return sum(len(o) for o in outs) / elapsed
 
 
 def eaas_tokens_per_s(engine, batch_prompts, new_tokens: int) -> float:

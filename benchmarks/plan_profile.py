@@ -88,14 +88,14 @@ def expert_call_curve(model: Path) -> tuple[list[float], list[float]]:
         proc.wait(30)
 
 
-def up_fleet(model: Path):
-    """`eaas up` (2 groups x 2 replicas, 1 gateway) on free ports, as the system tests start it."""
+def up_fleet(model: Path, extra: tuple[str, ...] = ()):
+    """`eaas up` (2 groups x 2 replicas, 1 gateway, `extra` flags) on free ports, as the system tests start it."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("system_conftest", ROOT / "tests" / "system" / "conftest.py")
     system = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(system)
-    return system.UpFleet(model, experts_per_server=4, replicas=2)
+    return system.UpFleet(model, experts_per_server=4, replicas=2, extra=extra)
 
 
 def step_sweep(fleet, sweeps: int = 2, concurrency=None) -> tuple[list[float], list[float], list[float]]:

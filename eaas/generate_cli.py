@@ -30,6 +30,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "against this CA (PEM; `eaas up --tls` prints its path)")
     p.add_argument("--tls-cert-file", metavar="FILE", help="with --gateway: a client certificate to present (PEM)")
     p.add_argument("--tls-key-file", metavar="FILE", help="the private key of --tls-cert-file (PEM)")
+    p.add_argument("--tls-server-name", metavar="NAME", help="with --tls-ca-file: the name the gateway's certificate "
+                   "must carry, when it is not the host of --gateway (e.g. a Service's ClusterIP)")
 
 
 def parse_prompt_ids(text: str) -> list[int]:
@@ -90,7 +92,8 @@ def _generate_remote(args) -> dict:
     start = time.perf_counter()
     try:
         with SyncClient([args.gateway], timeout=args.timeout, api_key=args.api_key, tls_ca_file=args.tls_ca_file,
-                        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file) as client:
+                        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
+                        tls_server_name=args.tls_server_name) as client:
             ids, text, reason = [], [], None
             for chunk in client.generate_stream(**kwargs):
                 ids.extend(chunk.token_ids)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eaas.errors import UserError
+from eaas.file_signature import stat_signature
 
 log = logging.getLogger("eaas.tls")
 
@@ -31,18 +32,6 @@ class TLSMaterial:
     key: bytes | None
     ca: bytes | None
     version: int
-
-
-def _signature(paths: list[Path]) -> tuple:
-    """What changes when a file is replaced or rewritten (Kubernetes swaps a symlink: the target's stat)."""
-    out = []
-    for p in paths:
-        try:
-            st = p.stat()
-            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append(None)
-    return tuple(out)
 
 
 def check_pair(cert: bytes, key: bytes) -> None:
@@ -72,7 +61,7 @@ class TLSFiles:
             self._material = self._read(0)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise UserError(f"TLS files: {exc}") from None
-        self._seen = _signature(self._paths)
+        self._seen = stat_signature(self._paths)
 
     @property
     def has_identity(self) -> bool:
@@ -94,7 +83,7 @@ class TLSFiles:
 
     def current(self) -> TLSMaterial:
         """The newest consistent material; re-read only when a file's stat changed."""
-        signature = _signature(self._paths)
+        signature = stat_signature(self._paths)
         with self._lock:
             if signature == self._seen:
                 return self._material

@@ -49,9 +49,12 @@ def grpc_channel_credentials(files: TLSFiles) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=m.ca, private_key=m.key, certificate_chain=m.cert)
 
 
-def _context_from(m: TLSMaterial) -> ssl.SSLContext:
+def _context_from(m: TLSMaterial, require_client_cert: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if require_client_cert:  # the CA file signs the clients' certificates
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=m.ca.decode())
     with tempfile.TemporaryDirectory(prefix="eaas-tls-") as tmp:  # load_cert_chain reads files only
         cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
         cert.write_bytes(m.cert)
@@ -61,20 +64,21 @@ def _context_from(m: TLSMaterial) -> ssl.SSLContext:
     return ctx
 
 
-def https_server_context(files: TLSFiles) -> ssl.SSLContext:
-    """An SSL context for aiohttp whose certificate follows the files: each handshake's SNI callback
-    moves the connection to a context built from the newest material."""
+def https_server_context(files: TLSFiles, require_client_cert: bool = False) -> ssl.SSLContext:
+    """An SSL context for aiohttp whose certificate (and, with require_client_cert, the CA that clients'
+    certificates must chain to) follows the files: each handshake's SNI callback moves the connection to
+    a context built from the newest material."""
     first = files.current()
-    state = {"version": first.version, "ctx": _context_from(first)}
+    state = {"version": first.version, "ctx": _context_from(first, require_client_cert)}
 
     def on_hello(sslobj, server_name, base):
         m = files.current()
         if m.version != state["version"]:
-            state["ctx"], state["version"] = _context_from(m), m.version
+            state["ctx"], state["version"] = _context_from(m, require_client_cert), m.version
             log.info("HTTPS: serving the rotated certificate (version %d)", m.version)
         sslobj.context = state["ctx"]
 
-    base = _context_from(first)
+    base = _context_from(first, require_client_cert)
     base.sni_callback = on_hello
     state["ctx"].sni_callback = on_hello
     return base

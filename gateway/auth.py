@@ -6,16 +6,19 @@ from __future__ import annotations
 import grpc
 from aiohttp import web
 
-from eaas.auth import OPEN_GRPC_METHODS, OPEN_HTTP_PATHS, authorized
+from eaas.auth import OPEN_GRPC_METHODS, OPEN_HTTP_PATHS, ApiKeyFile, authorized, key_getter
 from eaas.gateway.openai_bodies import error_body
 
 UNAUTHORIZED_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
 
 
-def http_api_key_middleware(key: str):
+def http_api_key_middleware(key: str | ApiKeyFile):
+    """key: a fixed key, or an ApiKeyFile whose key in force is read per request (rotation, no restart)."""
+    current = key_getter(key)
+
     @web.middleware
     async def require_api_key(request: web.Request, handler):
-        if request.path in OPEN_HTTP_PATHS or authorized(request.headers.get("Authorization"), key):
+        if request.path in OPEN_HTTP_PATHS or authorized(request.headers.get("Authorization"), current()):
             return await handler(request)
         return web.json_response(error_body(UNAUTHORIZED_MESSAGE, code="invalid_api_key"), status=401,
                                  headers={"WWW-Authenticate": 'Bearer realm="eaas"'})
@@ -51,17 +54,17 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Every RPC but health needs metadata `authorization: Bearer <key>`."""
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, key: str | ApiKeyFile):
+        self.current = key_getter(key)  # per call: a rotated key file takes effect on the next RPC
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method in OPEN_GRPC_METHODS:
             return handler
-        if authorized(_metadata_value(handler_call_details.invocation_metadata, "authorization"), self.key):
+        if authorized(_metadata_value(handler_call_details.invocation_metadata, "authorization"), self.current()):
             return handler
         return _refusal(handler)
 
 
-def grpc_interceptors(key: str | None) -> list:
+def grpc_interceptors(key: str | ApiKeyFile | None) -> list:
     return [ApiKeyInterceptor(key)] if key else []

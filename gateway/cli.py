@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import logging
 
-from eaas.auth import resolve_api_key
+from eaas.auth import api_key_source
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED, describe_default
 from eaas.errors import UserError
 from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S
 from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCHES
-from eaas.tls import add_tls_flags, tls_files_from_args
+from eaas.tls import TLSFiles, add_tls_flags, tls_files_from_args
 
 DEFAULT_MAX_STREAMS = 64
 
@@ -70,10 +70,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     auth = p.add_argument_group("authentication (health and /metrics stay open)")
     auth.add_argument("--api-key", help="clients must send 'Authorization: Bearer KEY' (HTTP header or gRPC "
                       "metadata); default $EAAS_API_KEY, which keeps the key out of the process list")
-    auth.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE (e.g. a mounted Secret)")
+    auth.add_argument("--api-key-file", metavar="FILE", help="read the API key from FILE (e.g. a mounted Secret); "
+                      "re-read when the file changes, so a rotated Secret takes effect without a restart")
     add_tls_flags(p, cert_help="serve gRPC and HTTP over TLS with this certificate (PEM); it is also the client "
                   "certificate shown to expert servers", ca_help="CA (PEM) of the expert servers: connect to them "
                   "over mutual TLS, verifying their certificates against it")
+    p.add_argument("--tls-client-ca-file", metavar="FILE", help="with --tls-cert-file: clients (gRPC and HTTPS) "
+                   "must present a certificate signed by this CA (PEM); re-read when it changes")
     p.add_argument("--expert-tls-name", metavar="NAME", help="with --tls-ca-file: the name the expert servers' "
                    "certificates carry, when it is not the host of their address (e.g. pod IPs)")
     p.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
@@ -100,6 +103,11 @@ def run(args) -> int:
     if tls is not None and tls.has_ca and not tls.has_identity:
         raise UserError("--tls-ca-file: expert servers need our client certificate too: "
                         "give --tls-cert-file and --tls-key-file")
+    client_tls = None
+    if args.tls_client_ca_file:
+        if tls is None or not tls.has_identity:
+            raise UserError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file (the gateway's certificate)")
+        client_tls = TLSFiles(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file)
     opts = GatewayOptions(model=args.model, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           expert_servers=args.expert_servers, topology=args.topology, redis=args.redis,
                           deployment=args.deployment, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
@@ -107,7 +115,7 @@ def run(args) -> int:
                           prefix_cache=not args.no_prefix_cache, watch_endpoints=args.watch_endpoints,
                           namespace=args.namespace, kv_cache_bytes=args.kv_cache_bytes,
                           max_queued_requests=args.max_queued_requests, transport=args.transport,
-                          api_key=resolve_api_key(args.api_key, args.api_key_file), tls=tls,
+                          api_key=api_key_source(args.api_key, args.api_key_file), tls=tls, client_tls=client_tls,
                           expert_tls_name=args.expert_tls_name, max_concurrent_streams=args.max_concurrent_streams,
                           stall_timeout_s=args.stall_timeout)
     if opts.expert_servers:

@@ -10,6 +10,7 @@ import grpc
 from eaas.engine.llm_engine import RequestError
 from eaas.engine.sequence import SamplingParams
 from eaas.gateway.engine_service import EngineService, GenerationFailed
+from eaas.gateway.openai_protocol import StopStringCutter
 from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S, ClientStalled, write_or_stall
 from eaas.protos import gateway_pb2, gateway_pb2_grpc
 
@@ -35,6 +36,12 @@ def sampling_params(req: gateway_pb2.GenerateRequest) -> SamplingParams:
     )
 
 
+def stop_strings(req: gateway_pb2.GenerateRequest) -> tuple[str, ...]:
+    if any(not s for s in req.stop):
+        raise RequestError("stop strings must be non-empty")
+    return tuple(req.stop)
+
+
 def logprobs_message(entries: list | None) -> list[gateway_pb2.TokenLogprob]:
     return [gateway_pb2.TokenLogprob(token_id=e.token_id, logprob=e.logprob, top_ids=[t for t, _ in e.top],
                                      top_logprobs=[lp for _, lp in e.top]) for e in entries or []]
@@ -58,15 +65,21 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             else:
                 raise RequestError("empty request: give prompt_ids or prompt")
             params = sampling_params(request)
+            cutter = StopStringCutter(stop_strings(request))
             events = self.service.generate(prompt_ids, params, request.request_id,
                                            resume_ids=list(request.resume_token_ids))
             async with contextlib.aclosing(events):  # a client that leaves ends its generation
                 async for event in events:
-                    reply = gateway_pb2.GenerateResponse(token_ids=event.token_ids, text=event.text,
-                                                         finish_reason=event.finish_reason or "", index=event.index,
+                    armed = event.index + len(event.token_ids) > params.min_tokens
+                    text, finish_reason = cutter.next_piece(event.text, event.finish_reason, armed)
+                    reply = gateway_pb2.GenerateResponse(token_ids=event.token_ids, text=text,
+                                                         finish_reason=finish_reason or "", index=event.index,
                                                          logprobs=logprobs_message(event.logprobs))
                     await write_or_stall(context.write(reply), self.stall_timeout_s, self.service.metrics, "grpc",
                                          request.request_id)
+                    if finish_reason is not None and event.finish_reason is None:
+                        events.finish()  # a stop string ended it: generate no more, counted "ok"
+                        break
         except ClientStalled as exc:  # leaving the loop above aborted the generation
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except RequestError as exc:

@@ -18,6 +18,7 @@ import jinja2
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from eaas.auth import ApiKeyFile
 from eaas.engine.llm_engine import RequestError
 from eaas.gateway.auth import http_api_key_middleware
 from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S, ClientStalled, bound_stream_buffers, write_or_stall
@@ -75,9 +76,10 @@ CHAT = Endpoint("chatcmpl", "chat.completion", "chat.completion.chunk", chat_cho
                 chat_role_choice, ChatLogprobs)
 
 
-def build_http_app(service: EngineService, model_name: str, api_key: str | None = None,
+def build_http_app(service: EngineService, model_name: str, api_key: str | ApiKeyFile | None = None,
                    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> web.Application:
-    """api_key: every route but /health and /metrics needs `Authorization: Bearer <api_key>`.
+    """api_key: every route but /health and /metrics needs `Authorization: Bearer <api_key>` (an
+    ApiKeyFile: the key the file holds now).
     stall_timeout_s: a stream whose client reads nothing for this long is aborted (gateway/stall.py)."""
     api = OpenAIHandlers(service, model_name, stall_timeout_s)
     auth = [http_api_key_middleware(api_key)] if api_key else []

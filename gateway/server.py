@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from eaas.auth import ApiKeyFile
 from eaas.engine.factory import engine_with_backend, load_tokenizer
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
@@ -68,9 +69,10 @@ class GatewayOptions:
     namespace: str | None = None  # of the watched Endpoints; None: the pod's own
     kubeconfig: str | None = None  # outside a pod
     drain_s: float = 30.0
-    api_key: str | None = None  # every RPC/route but health and /metrics needs it (Bearer)
+    api_key: str | ApiKeyFile | None = None  # every RPC/route but health and /metrics needs it (Bearer)
     transport: str = "auto"  # expert data path: auto | shm | grpc (eaas/rpc/slot_transport.py)
     tls: TLSFiles | None = None  # cert+key: TLS on gRPC and HTTP; ca: mutual TLS to the expert servers
+    client_tls: TLSFiles | None = None  # cert+key+the clients' CA: clients must show a certificate it signed
     expert_tls_name: str | None = None  # the name in the expert servers' certificates, if not their host
     max_concurrent_streams: int = 64  # per client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S  # a stream not read for this long is aborted
@@ -219,8 +221,8 @@ class Gateway:
             log.warning("clients get TLS but expert servers are reached in plaintext: give --tls-ca-file for "
                         "mutual TLS to them")
         try:
-            grpc_port = (server.add_secure_port(f"{o.host}:{o.grpc_port}",
-                                                grpc_server_credentials(o.tls, require_client_cert=False))
+            grpc_port = (server.add_secure_port(f"{o.host}:{o.grpc_port}", grpc_server_credentials(
+                             o.client_tls or o.tls, require_client_cert=o.client_tls is not None))
                          if serve_tls else server.add_insecure_port(f"{o.host}:{o.grpc_port}"))
         except RuntimeError:  # grpc's way of saying the address cannot be bound
             raise UserError(f"--grpc-port {o.grpc_port}: cannot listen on {o.host}:{o.grpc_port}") from None
@@ -233,7 +235,8 @@ class Gateway:
         runner = web.AppRunner(build_http_app(self.service, self.model_name, o.api_key, o.stall_timeout_s))
         await runner.setup()
         site = web.TCPSite(runner, o.host, o.http_port,
-                           ssl_context=https_server_context(o.tls) if serve_tls else None)
+                           ssl_context=https_server_context(o.client_tls or o.tls, o.client_tls is not None)
+                           if serve_tls else None)
         try:
             await site.start()
         except OSError as exc:
@@ -243,7 +246,8 @@ class Gateway:
             await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
         http_port = runner.addresses[0][1] if runner.addresses else o.http_port
         log.info("gateway ready grpc=%s:%d http=%s:%d tls=%s expert_tls=%s model=%s fingerprint=%s groups=%s",
-                 o.host, grpc_port, o.host, http_port, "on" if serve_tls else "off",
+                 o.host, grpc_port, o.host, http_port,
+                 ("mutual" if o.client_tls else "on") if serve_tls else "off",
                  "mutual" if self._expert_tls() else "off", self.model_name, self.fingerprint,
                  discovery.format_expert_servers(groups))
         scheme = "https" if serve_tls else "http"

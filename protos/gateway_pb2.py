@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x61\x61s/protos/gateway.proto\x12\x07\x65\x61\x61s.v1\"\x85\x04\n\x0fGenerateRequest\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\x12\x13\n\x06prompt\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x12\n\nignore_eos\x18\n \x01(\x08\x12\x18\n\x10resume_token_ids\x18\x0b \x03(\x05\x12\x1d\n\x10presence_penalty\x18\x0c \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\r \x01(\x02H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0e \x01(\x02H\x06\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x0f \x01(\r\x12\x15\n\x08logprobs\x18\x10 \x01(\rH\x07\x88\x01\x01\x42\t\n\x07_promptB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobs\"X\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"\x82\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\x12\'\n\x08logprobs\x18\x05 \x03(\x0b\x32\x15.eaas.v1.TokenLogprob\"\x14\n\x12GatewayInfoRequest\"|\n\x0bGatewayInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x13\n\x0bnum_experts\x18\x04 \x01(\r\x12\x15\n\rexpert_groups\x18\x05 \x03(\t2\x87\x01\n\x07Gateway\x12\x41\n\x08Generate\x12\x18.eaas.v1.GenerateRequest\x1a\x19.eaas.v1.GenerateResponse0\x01\x12\x39\n\x04Info\x12\x1b.eaas.v1.GatewayInfoRequest\x1a\x14.eaas.v1.GatewayInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x61\x61s/protos/gateway.proto\x12\x07\x65\x61\x61s.v1\"\x93\x04\n\x0fGenerateRequest\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\x12\x13\n\x06prompt\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x12\n\nignore_eos\x18\n \x01(\x08\x12\x18\n\x10resume_token_ids\x18\x0b \x03(\x05\x12\x1d\n\x10presence_penalty\x18\x0c \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\r \x01(\x02H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0e \x01(\x02H\x06\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x0f \x01(\r\x12\x15\n\x08logprobs\x18\x10 \x01(\rH\x07\x88\x01\x01\x12\x0c\n\x04stop\x18\x11 \x03(\tB\t\n\x07_promptB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x0b\n\t_logprobs\"X\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"\x82\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\x12\'\n\x08logprobs\x18\x05 \x03(\x0b\x32\x15.eaas.v1.TokenLogprob\"\x14\n\x12GatewayInfoRequest\"|\n\x0bGatewayInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x13\n\x0bnum_experts\x18\x04 \x01(\r\x12\x15\n\rexpert_groups\x18\x05 \x03(\t2\x87\x01\n\x07Gateway\x12\x41\n\x08Generate\x12\x18.eaas.v1.GenerateRequest\x1a\x19.eaas.v1.GenerateResponse0\x01\x12\x39\n\x04Info\x12\x1b.eaas.v1.GatewayInfoRequest\x1a\x14.eaas.v1.GatewayInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eaas.protos.gateway_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=39
-  _globals['_GENERATEREQUEST']._serialized_end=556
-  _globals['_TOKENLOGPROB']._serialized_start=558
-  _globals['_TOKENLOGPROB']._serialized_end=646
-  _globals['_GENERATERESPONSE']._serialized_start=649
-  _globals['_GENERATERESPONSE']._serialized_end=779
-  _globals['_GATEWAYINFOREQUEST']._serialized_start=781
-  _globals['_GATEWAYINFOREQUEST']._serialized_end=801
-  _globals['_GATEWAYINFO']._serialized_start=803
-  _globals['_GATEWAYINFO']._serialized_end=927
-  _globals['_GATEWAY']._serialized_start=930
-  _globals['_GATEWAY']._serialized_end=1065
+  _globals['_GENERATEREQUEST']._serialized_end=570
+  _globals['_TOKENLOGPROB']._serialized_start=572
+  _globals['_TOKENLOGPROB']._serialized_end=660
+  _globals['_GENERATERESPONSE']._serialized_start=663
+  _globals['_GENERATERESPONSE']._serialized_end=793
+  _globals['_GATEWAYINFOREQUEST']._serialized_start=795
+  _globals['_GATEWAYINFOREQUEST']._serialized_end=815
+  _globals['_GATEWAYINFO']._serialized_start=817
+  _globals['_GATEWAYINFO']._serialized_end=941
+  _globals['_GATEWAY']._serialized_start=944
+  _globals['_GATEWAY']._serialized_end=1079
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,7 @@
 """
 
 from eaas.client.async_client import AsyncClient
-from eaas.client.common import Chunk, Completion, GenerationError
+from eaas.client.common import Chunk, Completion, GenerationError, TokenLogprob
 from eaas.client.sync_client import SyncClient
 
-__all__ = ["AsyncClient", "Chunk", "Completion", "GenerationError", "SyncClient"]
+__all__ = ["AsyncClient", "Chunk", "Completion", "GenerationError", "SyncClient", "TokenLogprob"]

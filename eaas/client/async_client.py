@@ -12,9 +12,20 @@ from eaas.protos import gateway_pb2
 
 
 class AsyncClient(GatewayClientBase):
+    def __init__(self, *args, **kwargs):
+        self._closing: set[asyncio.Task] = set()
+        super().__init__(*args, **kwargs)
+
     @staticmethod
-    def _open_channel(address: str, credentials):
-        return grpc.aio.insecure_channel(address) if credentials is None else grpc.aio.secure_channel(address, credentials)
+    def _open_channel(address: str, credentials, options: list):
+        if credentials is None:
+            return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.secure_channel(address, credentials, options=options)
+
+    def _close_channel(self, channel) -> None:  # a replaced channel whose last call ended, on the loop
+        task = asyncio.get_running_loop().create_task(channel.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def generate_stream(self, **kwargs) -> AsyncIterator[Chunk]:
         stream = ResumableStream(build_request(**kwargs), self.addresses, self._next, self.timeout, self.retries,
@@ -22,11 +33,12 @@ class AsyncClient(GatewayClientBase):
         while True:
             address, attempt, remaining = stream.next_attempt()
             try:
-                async for msg in self._stubs[address].Generate(attempt, timeout=remaining, metadata=self._metadata):
-                    chunk = stream.got(msg)
-                    yield chunk
-                    if chunk.finish_reason:
-                        return
+                with self._channels.lease(address) as stub:
+                    async for msg in stub.Generate(attempt, timeout=remaining, metadata=self._metadata):
+                        chunk = stream.got(msg)
+                        yield chunk
+                        if chunk.finish_reason:
+                            return
                 return
             except grpc.aio.AioRpcError as err:
                 await asyncio.sleep(stream.failed(err.code(), err.details()))
@@ -39,12 +51,14 @@ class AsyncClient(GatewayClientBase):
         return done
 
     async def info(self, timeout: float = 5.0) -> gateway_pb2.GatewayInfo:
-        return await self._stubs[self.addresses[self._next % len(self.addresses)]].Info(
-            gateway_pb2.GatewayInfoRequest(), timeout=timeout, metadata=self._metadata)
+        with self._channels.lease(self.addresses[self._next % len(self.addresses)]) as stub:
+            return await stub.Info(gateway_pb2.GatewayInfoRequest(), timeout=timeout, metadata=self._metadata)
 
     async def close(self) -> None:
-        for c in self._channels.values():
+        for c in self._channels.open_channels():
             await c.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def __aenter__(self):
         return self

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from eaas.auth import API_KEY_ENV, bearer
-from eaas.protos import gateway_pb2, gateway_pb2_grpc
+from eaas.client.channels import GatewayChannels
+from eaas.protos import gateway_pb2
 
 # UNAVAILABLE: the gateway is gone or has no replica for an expert; a stream cut by a dying gateway
 # may also surface as UNKNOWN/INTERNAL ("RST_STREAM", "Socket closed") — all worth another gateway.
@@ -26,12 +27,22 @@ class GenerationError(Exception):
         self.details = message
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability (log_softmax of the raw logits, before penalties and
+    temperature) and the `logprobs` most likely tokens at its position, most likely first."""
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
 @dataclass
 class Chunk:
     token_ids: list[int]
     text: str
     index: int
     finish_reason: str | None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token id when the request asked
 
 
 @dataclass
@@ -40,27 +51,42 @@ class Completion:
     text: str = ""
     finish_reason: str | None = None
     resumes: int = 0  # how many times the stream moved to another gateway
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def add(self, chunk: Chunk) -> None:
         self.token_ids.extend(chunk.token_ids)
         self.text += chunk.text
         self.finish_reason = chunk.finish_reason or self.finish_reason
+        self.logprobs.extend(chunk.logprobs)
 
 
 def build_request(prompt_ids=None, prompt=None, max_tokens=16, temperature=0.0, top_p=1.0, seed=None,
-                  stop_token_ids=(), ignore_eos=False, session_id="", request_id="") -> gateway_pb2.GenerateRequest:
+                  stop_token_ids=(), ignore_eos=False, session_id="", request_id="", presence_penalty=0.0,
+                  frequency_penalty=0.0, repetition_penalty=1.0, min_tokens=0, logprobs=None,
+                  stop=None) -> gateway_pb2.GenerateRequest:
+    """Every field of the gRPC GenerateRequest, named and defaulted as in OpenAI's (and vLLM's) API:
+    presence_penalty / frequency_penalty in [-2, 2] over the output, repetition_penalty > 0 over prompt +
+    output (1 = off), min_tokens before EOS or a stop token may end it, logprobs = how many top
+    alternatives to return with each token's logprob (0..20; None = no logprobs), stop = a string or a list
+    of strings that end the text before the first one (finish_reason "stop"; the gateway needs a tokenizer)."""
     if (prompt_ids is None) == (prompt is None):
         raise ValueError("give exactly one of prompt_ids or prompt")
     req = gateway_pb2.GenerateRequest(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                       stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos,
                                       session_id=session_id or uuid.uuid4().hex,
-                                      request_id=request_id or uuid.uuid4().hex)
+                                      request_id=request_id or uuid.uuid4().hex,
+                                      presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                                      repetition_penalty=repetition_penalty, min_tokens=min_tokens)
     if prompt_ids is not None:
         req.prompt_ids.extend(int(t) for t in prompt_ids)
     else:
         req.prompt = prompt
     if seed is not None:
         req.seed = seed
+    if logprobs is not None:
+        req.logprobs = logprobs
+    if stop is not None:
+        req.stop.extend([stop] if isinstance(stop, str) else stop)
     return req
 
 
@@ -111,7 +137,8 @@ def resumed_request(req: gateway_pb2.GenerateRequest, received: list[int]) -> ga
 
 
 def to_chunk(msg: gateway_pb2.GenerateResponse) -> Chunk:
-    return Chunk(list(msg.token_ids), msg.text, msg.index, msg.finish_reason or None)
+    logprobs = [TokenLogprob(e.token_id, e.logprob, list(zip(e.top_ids, e.top_logprobs))) for e in msg.logprobs]
+    return Chunk(list(msg.token_ids), msg.text, msg.index, msg.finish_reason or None, logprobs)
 
 
 def auth_metadata(api_key: str | None) -> tuple | None:
@@ -133,30 +160,35 @@ class GatewayClientBase:
 
     def __init__(self, addresses, timeout: float = 60.0, retries: int = 4, backoff_s: float = 0.2,
                  api_key: str | None = None, tls_ca_file: str | None = None, tls_cert_file: str | None = None,
-                 tls_key_file: str | None = None):
+                 tls_key_file: str | None = None, tls_server_name: str | None = None):
         """api_key: sent as `authorization: Bearer <key>` metadata; default $EAAS_API_KEY.
         tls_ca_file: connect over TLS, verifying the gateway against this CA (PEM); tls_cert_file/tls_key_file:
-        a client certificate to present (for a TLS proxy that asks for one)."""
+        a client certificate to present (to a gateway started with --tls-client-ca-file, or a TLS proxy
+        that asks for one). The files are re-read when they change: new connections use rotated ones.
+        tls_server_name: the name the gateway's certificate must carry, when it is not the address's
+        host (a Service's ClusterIP, a port-forward)."""
         self.addresses = normalize_addresses(addresses)
         self._metadata = auth_metadata(api_key)
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
-        credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
-        self._channels = {a: self._open_channel(a, credentials) for a in self.addresses}
-        self._stubs = {a: gateway_pb2_grpc.GatewayStub(c) for a, c in self._channels.items()}
+        options = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
+        self._channels = GatewayChannels(lambda address, creds: self._open_channel(address, creds, options),
+                                         self._close_channel, tls_files(tls_ca_file, tls_cert_file, tls_key_file))
         self._next = 0
 
     @staticmethod
-    def _open_channel(address: str, credentials):
+    def _open_channel(address: str, credentials, options: list):
+        raise NotImplementedError
+
+    def _close_channel(self, channel) -> None:
         raise NotImplementedError
 
 
-def channel_credentials(ca_file: str | None, cert_file: str | None, key_file: str | None):
-    """grpc.ChannelCredentials for TLS, or None (plaintext) when no file is given."""
+def tls_files(ca_file: str | None, cert_file: str | None, key_file: str | None):
+    """The client's TLS files (re-read when they change), or None (plaintext) when no file is given."""
     if not (ca_file or cert_file or key_file):
         return None
     from eaas.tls import TLSFiles
-    from eaas.tls_credentials import grpc_channel_credentials
 
-    return grpc_channel_credentials(TLSFiles(cert_file, key_file, ca_file))
+    return TLSFiles(cert_file, key_file, ca_file)

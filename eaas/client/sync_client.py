@@ -15,8 +15,13 @@ class SyncClient(GatewayClientBase):
     """SyncClient(["host:50050", "host2:50050"], timeout=60).generate(prompt_ids=[1, 2], max_tokens=8)."""
 
     @staticmethod
-    def _open_channel(address: str, credentials):
-        return grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    def _open_channel(address: str, credentials, options: list):
+        if credentials is None:
+            return grpc.insecure_channel(address, options=options)
+        return grpc.secure_channel(address, credentials, options=options)
+
+    def _close_channel(self, channel) -> None:
+        channel.close()
 
     def generate_stream(self, **kwargs) -> Iterator[Chunk]:
         """Yield chunks as they come; on a retryable failure continue on another gateway (resume)."""
@@ -25,11 +30,12 @@ class SyncClient(GatewayClientBase):
         while True:
             address, attempt, remaining = stream.next_attempt()
             try:
-                for msg in self._stubs[address].Generate(attempt, timeout=remaining, metadata=self._metadata):
-                    chunk = stream.got(msg)
-                    yield chunk
-                    if chunk.finish_reason:
-                        return
+                with self._channels.lease(address) as stub:
+                    for msg in stub.Generate(attempt, timeout=remaining, metadata=self._metadata):
+                        chunk = stream.got(msg)
+                        yield chunk
+                        if chunk.finish_reason:
+                            return
                 return
             except grpc.RpcError as err:
                 time.sleep(stream.failed(err.code(), err.details()))
@@ -42,11 +48,11 @@ class SyncClient(GatewayClientBase):
         return done
 
     def info(self, timeout: float = 5.0) -> gateway_pb2.GatewayInfo:
-        return self._stubs[self.addresses[self._next % len(self.addresses)]].Info(
-            gateway_pb2.GatewayInfoRequest(), timeout=timeout, metadata=self._metadata)
+        with self._channels.lease(self.addresses[self._next % len(self.addresses)]) as stub:
+            return stub.Info(gateway_pb2.GatewayInfoRequest(), timeout=timeout, metadata=self._metadata)
 
     def close(self) -> None:
-        for c in self._channels.values():
+        for c in self._channels.open_channels():
             c.close()
 
     def __enter__(self):

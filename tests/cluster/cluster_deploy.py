@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cluster_kube import Cluster
+from cluster_kube import Cluster, wait_for
 
 NAMESPACE = "eaas-cluster"
 NAME = "tiny"
@@ -40,11 +40,27 @@ def moedeployment_manifest(image: str, redis_image: str, model_uri: str, experts
     }
 
 
-def moed_ready(cluster: Cluster) -> bool:
-    moed = cluster.get("moed", NAMESPACE, NAME)
+def moed_ready(cluster: Cluster, name: str = NAME) -> bool:
+    moed = cluster.get("moed", NAMESPACE, name)
     return any(c["type"] == "Ready" and c["status"] == "True" for c in moed.get("status", {}).get("conditions", []))
 
 
 def diagnose(cluster: Cluster) -> str:
     return (cluster.kubectl("-n", NAMESPACE, "get", "moed,deploy,pods", "-o", "wide", check=False)
             + cluster.kubectl("-n", NAMESPACE, "logs", "deploy/eaas", "--tail=30", check=False))
+
+
+KINDS = "deployments,replicasets,services,configmaps,poddisruptionbudgets,pods,networkpolicies,secrets"
+
+
+def owned(cluster: Cluster, name: str) -> list[str]:
+    out = cluster.kubectl("-n", NAMESPACE, "get", KINDS, "-l", f"app.kubernetes.io/instance={name}", "-o", "name")
+    return out.split()
+
+
+def delete_and_wait(cluster: Cluster, name: str) -> None:
+    cluster.kubectl("-n", NAMESPACE, "delete", "moed", name, "--wait=false")
+    wait_for(lambda: not cluster.kubectl("-n", NAMESPACE, "get", "moed", name, "--ignore-not-found", "-o", "name"),
+             f"MoEDeployment {name} to be gone", timeout=120, diagnose=lambda: diagnose(cluster))
+    wait_for(lambda: not owned(cluster, name), f"every object {name} owned to be gone", timeout=180,
+             diagnose=lambda: "\n".join(owned(cluster, name)))

@@ -3,23 +3,8 @@ operator was uninstalled with helm (the order a user tears things down in)."""
 
 from __future__ import annotations
 
-from cluster_deploy import NAMESPACE, RELEASE, diagnose, moedeployment_manifest
+from cluster_deploy import NAMESPACE, RELEASE, delete_and_wait, moedeployment_manifest, owned
 from cluster_kube import wait_for
-
-KINDS = "deployments,replicasets,services,configmaps,poddisruptionbudgets,pods,networkpolicies,secrets"
-
-
-def owned(cluster, name: str) -> list[str]:
-    out = cluster.kubectl("-n", NAMESPACE, "get", KINDS, "-l", f"app.kubernetes.io/instance={name}", "-o", "name")
-    return out.split()
-
-
-def delete_and_wait(cluster, name: str) -> None:
-    cluster.kubectl("-n", NAMESPACE, "delete", "moed", name, "--wait=false")
-    wait_for(lambda: not cluster.kubectl("-n", NAMESPACE, "get", "moed", name, "--ignore-not-found", "-o", "name"),
-             f"MoEDeployment {name} to be gone", timeout=120, diagnose=lambda: diagnose(cluster))
-    wait_for(lambda: not owned(cluster, name), f"every object {name} owned to be gone", timeout=180,
-             diagnose=lambda: "\n".join(owned(cluster, name)))
 
 
 def test_deleting_the_moedeployment_removes_everything_it_owns(cluster, deployment):

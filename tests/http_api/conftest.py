@@ -103,6 +103,13 @@ async def client(service):
 
 
 @pytest_asyncio.fixture
+async def base_url(service):
+    """The app's base URL on a free port, for a client that makes its own sessions."""
+    async with serving_url(service) as url:
+        yield url
+
+
+@pytest_asyncio.fixture
 async def cancelling_client(service):
     """Like `client`, but aiohttp cancels a handler whose client disconnects (aiohttp's test servers do)."""
     async with serving(service, handler_cancellation=True) as session:

@@ -1,4 +1,5 @@
-"""Hostile gRPC Generate requests (hypothesis): any ids, limits, NaN/Inf sampling values, resume tokens.
+"""Hostile gRPC Generate requests (hypothesis): any ids, limits, NaN/Inf sampling values and penalties,
+logprobs and min_tokens of any size, empty or partial stop strings, resume tokens.
 What the gateway's checks accept the engine can run; everything else is a RequestError (INVALID_ARGUMENT),
 and the real gRPC server answers tokens or INVALID_ARGUMENT, then still serves exact completions."""
 
@@ -9,7 +10,7 @@ import math
 
 import grpc
 import pytest
-from eaas.gateway.grpc_api import sampling_params
+from eaas.gateway.grpc_api import sampling_params, stop_strings
 from eaas.protos import gateway_pb2, gateway_pb2_grpc
 from gateway_grpc import grpc_gateway
 from hypothesis import example, given, settings
@@ -29,13 +30,20 @@ def generate_requests(draw):
         max_tokens=draw(st.integers(0, 40) | st.integers(0, 2**32 - 1)),
         stop_token_ids=draw(st.lists(INT32, max_size=4)),
         resume_token_ids=draw(st.lists(st.integers(-3, 600) | INT32, max_size=4)),
-        ignore_eos=draw(st.booleans()), session_id=draw(st.text(max_size=20)), request_id=draw(st.text(max_size=20)))
+        ignore_eos=draw(st.booleans()), session_id=draw(st.text(max_size=20)), request_id=draw(st.text(max_size=20)),
+        stop=draw(st.lists(st.text(max_size=6), max_size=3)),
+        min_tokens=draw(st.integers(0, 40) | st.integers(0, 2**32 - 1)))
     if draw(st.booleans()):
         req.temperature = draw(FLOATS)
     if draw(st.booleans()):
         req.top_p = draw(FLOATS)
     if draw(st.booleans()):
         req.seed = draw(st.integers(0, 2**64 - 1))
+    for penalty in ("presence_penalty", "frequency_penalty", "repetition_penalty"):
+        if draw(st.booleans()):
+            setattr(req, penalty, draw(FLOATS))
+    if draw(st.booleans()):
+        req.logprobs = draw(st.integers(0, 30) | st.integers(0, 2**32 - 1))
     if not req.prompt_ids and draw(st.booleans()):
         req.prompt = draw(st.text(max_size=30))
     return req
@@ -48,6 +56,7 @@ def _checked(service, req) -> bool:
         if not ids:
             raise RequestError("empty request")
         params = sampling_params(req)
+        stop_strings(req)
         resume = list(req.resume_token_ids)
         if resume and len(resume) >= params.max_tokens:
             raise RequestError("resume_token_ids already hold max_tokens tokens")
@@ -65,6 +74,10 @@ def test_generate_requests_pass_the_checks_or_raise_request_error(service, req):
     if _checked(service, req):
         params = sampling_params(req)
         assert math.isfinite(params.temperature) and 0 < params.top_p <= 1
+        assert -2 <= params.presence_penalty <= 2 and -2 <= params.frequency_penalty <= 2
+        assert 0 < params.repetition_penalty < math.inf and 0 <= params.min_tokens <= params.max_tokens
+        assert params.logprobs is None or 0 <= params.logprobs <= 20
+        assert all(req.stop)
 
 
 def test_nan_or_infinite_temperature_is_refused(service):

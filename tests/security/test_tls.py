@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -132,6 +134,24 @@ def test_gateway_serves_exact_tokens_over_tls_and_refuses_plaintext_and_wrong_ca
         with pytest.raises(GenerationError) as err:
             wrong_ca.generate(prompt_ids=PROMPT, max_tokens=2)
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_client_checks_the_name_given_instead_of_the_address(tls_gateway, pki):
+    """tls_server_name (`eaas generate --tls-server-name`): dialling an address its certificate does not list
+    (a ClusterIP), the client checks the given name instead; a name the certificate lacks is refused."""
+    ca = str(pki["gateway"] / "ca.crt")
+    with SyncClient([tls_gateway["grpc"]], timeout=60, tls_ca_file=ca, tls_server_name="localhost") as client:
+        assert len(client.generate(prompt_ids=PROMPT, max_tokens=2, ignore_eos=True).token_ids) == 2
+    with SyncClient([tls_gateway["grpc"]], timeout=10, retries=0, tls_ca_file=ca,
+                    tls_server_name="gateway.elsewhere.svc") as client:
+        with pytest.raises(GenerationError) as err:
+            client.generate(prompt_ids=PROMPT, max_tokens=2)
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    done = subprocess.run([sys.executable, "-P", "-m", "eaas.cli", "generate", "--gateway", tls_gateway["grpc"],
+                           "--tls-ca-file", ca, "--tls-server-name", "localhost", "--prompt-ids", "1,17,42",
+                           "--max-tokens", "3", "--ignore-eos", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["token_ids"]) == 3
 
 
 def test_gateway_http_serves_https_only(tls_gateway, pki):
