@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eaas.protos import expert_pb2, expert_pb2_grpc
+from eaas.rpc.combine_payload import CombinePayload, as_request
 from eaas.rpc.wire import TRANSPORT_MESSAGE_BYTES
 from eaas.tls import TLSFiles
 from eaas.tls_credentials import ChannelCache
@@ -25,8 +26,9 @@ SERVICE_NAME = expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name
 class ExpertTransport(Protocol):
     """How requests reach a server; a faster transport (shared memory, RDMA) implements the same four calls."""
 
-    def combine(self, address: str, request: expert_pb2.CombineRequest, timeout: float):
-        """Start a Combine; returns a future with add_done_callback(fn(f)), exception() and result()."""
+    def combine(self, address: str, request: CombinePayload | expert_pb2.CombineRequest, timeout: float):
+        """Start a Combine; returns a future with add_done_callback(fn(f)), exception() and result(): a
+        CombineResponse, or for a CombinePayload the output tensor where the transport has it as one."""
 
     def info(self, address: str, timeout: float) -> expert_pb2.ServerInfo: ...
 
@@ -78,6 +80,8 @@ class GrpcTransport:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def combine(self, address, request, timeout):
+        request = as_request(request)
+
         async def call():
             return await self._stubs(address)[1].Combine(request, timeout=timeout)
         return self._submit(call())
