@@ -222,6 +222,8 @@ class SlotTransport:
     with FAILED_PRECONDITION); with auto it is served over gRPC.
     """
 
+    sends_on_caller_thread = True  # a slot call is copied and rung on the caller's thread (see GrpcTransport)
+
     def __init__(self, required: bool = False, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES,
                  grpc_transport: GrpcTransport | None = None):
         self.required, self.slots, self.slot_bytes = required, slots, slot_bytes

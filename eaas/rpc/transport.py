@@ -40,6 +40,9 @@ class ExpertTransport(Protocol):
 class GrpcTransport:
     """grpc.aio channels (one per address, kept open) driven by one private event-loop thread.
 
+    `sends_on_caller_thread` False: a call is handed to the loop thread, which needs the GIL to send it, so
+    a caller should not run Python right after handing calls over (RemoteExpertBackend's `meanwhile`).
+
     Measured against sync-channel futures (benchmarks/dispatch_overhead.py): two concurrent Combine calls
     complete faster this way, since a sync channel starts a polling thread per call burst.
     `tls`: mutual TLS to the expert servers (verify them against the CA file, present our certificate);
@@ -48,6 +51,7 @@ class GrpcTransport:
     """
 
     RETIRE_GRACE_S = 30.0  # a channel replaced after a rotation finishes its calls, then closes
+    sends_on_caller_thread = False
 
     def __init__(self, tls: TLSFiles | None = None, tls_server_name: str | None = None):
         self._loop = asyncio.new_event_loop()
@@ -80,10 +84,8 @@ class GrpcTransport:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def combine(self, address, request, timeout):
-        request = as_request(request)
-
-        async def call():
-            return await self._stubs(address)[1].Combine(request, timeout=timeout)
+        async def call():  # the message is built here, on the loop thread, not between the caller's sends
+            return await self._stubs(address)[1].Combine(as_request(request), timeout=timeout)
         return self._submit(call())
 
     def info(self, address, timeout):
