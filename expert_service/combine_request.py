@@ -82,7 +82,7 @@ def check_routing(ids: torch.Tensor, weights: torch.Tensor, served: ServedExpert
 
 def accepted_ids(ids: torch.Tensor, served: ServedExperts) -> str | None:
     """None if every id in ids is -1 or held here; else what is wrong (shared by both transports)."""
-    if not ids.numel() or bool(served.accepts_id[(ids.clamp(-2, served.num_experts) + 2).long()].all()):
+    if not ids.numel() or bool(served.accepts_id[ids.clamp(-2, served.num_experts) + 2].all()):
         return None
     foreign = sorted(set(torch.unique(ids).tolist()) - served.expert_ids - {-1})
     out_of_range = [e for e in foreign if not 0 <= e < served.num_experts]

@@ -43,8 +43,9 @@ def new_endpoint() -> str:
 class SlotServer:
     """Accepts slot links on `endpoint` and serves their Combine requests with `servicer`'s batcher.
 
-    One thread per link blocks in recv() for the next doorbell; the batcher's compute thread writes the
-    output into the slot and rings back itself, so a request crosses two threads, not the event loop.
+    One thread per link blocks in recv() for the next doorbell. When the experts are idle it computes the
+    request itself, writes the output into the slot and rings back: the request crosses no thread. When they
+    are busy the request queues in the batcher, whose compute thread answers it the same way.
     """
 
     def __init__(self, servicer, endpoint: str | None = None):
@@ -131,7 +132,7 @@ class SlotServer:
         if refusal:
             return reply(req, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
 
-        def done(out, error) -> None:  # on the compute thread
+        def done(out, error) -> None:  # on the thread that computed (this link's or the batcher's)
             try:
                 if error is None:
                     response_view(memory, req.slot, slot_bytes, req.tokens, req.hidden_size,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -29,7 +29,8 @@ from eaas.gateway.expert_rpc_metrics import ExpertRpcMetrics
 from eaas.gateway.replica_table import Group, GroupSpec, Replica, ReplicaTable
 from eaas.protos import expert_pb2
 from eaas.rpc.transport import ExpertTransport, GrpcTransport
-from eaas.rpc.wire import DTYPE_BY_NAME, WireError, decode_tensor, encode_tensor
+from eaas.rpc.combine_payload import CombinePayload
+from eaas.rpc.wire import DTYPE_BY_NAME, NAME_BY_DTYPE, WireError, decode_tensor
 from eaas.topology import format_expert_ids
 
 BUSY_BACKOFF_S = 0.01  # every replica of a group answered RESOURCE_EXHAUSTED: wait this long, then retry them
@@ -58,7 +59,7 @@ class _Call:
 
     group: Group
     rows: torch.Tensor
-    request: expert_pb2.CombineRequest
+    payload: CombinePayload
     tried: set[int] = field(default_factory=set)
     last_failure: str = "RESOURCE_EXHAUSTED"
     result: torch.Tensor | None = None
@@ -112,7 +113,6 @@ class RemoteExpertBackend:
         orphans = owner == NO_GROUP
         if orphans.any():
             raise ExpertsUnavailable(layer, torch.unique(ids[orphans]).tolist(), "no expert group holds them")
-        self.metrics.tokens_routed.add(ids)
         hidden_cpu, weights_cpu = hidden.detach().cpu(), weights.detach().cpu()
         calls = []
         for part in split_by_group(owner, ids):
@@ -120,8 +120,13 @@ class RemoteExpertBackend:
             # took 0.2 / 1.3-1.5 ms on a 64 x 256 batch against 3 / 6 us (benchmarks/dispatch_overhead.py)
             calls += self._requests(layer, groups[part.group], part.rows, hidden_cpu.index_select(0, part.rows),
                                     part.expert_ids, weights_cpu.index_select(0, part.rows))
-        self._run(layer, calls)
-        out = torch.zeros_like(hidden)
+        zeros: list[torch.Tensor] = []
+
+        def meanwhile() -> None:  # what the answers are not waiting for: done while the servers compute
+            self.metrics.tokens_routed.add(ids)
+            zeros.append(torch.zeros_like(hidden))
+        self._run(layer, calls, meanwhile)
+        out = zeros[0]
         for call in calls:
             out.index_put_((call.rows.to(out.device),), call.result.to(out.device, out.dtype), accumulate=True)
         return out
@@ -133,20 +138,19 @@ class RemoteExpertBackend:
             raise ExpertsUnavailable(layer, group.spec.expert_ids, f"no replica of group {group.spec.name} "
                                      f"was ever admitted ({self.table.describe(group)})")
         hidden = hidden.to(DTYPE_BY_NAME[info.dtype])
-        per_request = rows_per_request(info.max_message_bytes, hidden[:1].nbytes + ids[:1].nbytes + weights[:1].nbytes)
-        calls = []
-        for start in range(0, rows.numel(), per_request):
-            part = slice(start, start + per_request)
-            request = expert_pb2.CombineRequest(layer=layer, hidden=encode_tensor(hidden[part]),
-                                                expert_ids=encode_tensor(ids[part]),
-                                                weights=encode_tensor(weights[part]))
-            calls.append(_Call(group, rows[part], request))
-        return calls
+        per_request = rows_per_request(info.max_message_bytes, (hidden.shape[1] * hidden.itemsize + ids.shape[1]
+                                                                * (ids.itemsize + weights.itemsize)))
+        if rows.numel() <= per_request:  # the usual case: one request, no slicing
+            return [_Call(group, rows, CombinePayload(layer, hidden, ids, weights))]
+        return [_Call(group, rows[start:start + per_request],
+                      CombinePayload(layer, *(t[start:start + per_request].contiguous() for t in (hidden, ids, weights))))
+                for start in range(0, rows.numel(), per_request)]
 
-    def _run(self, layer: int, calls: list[_Call]) -> None:
-        """Send every call, re-send failed ones elsewhere, until all have a result or the deadline passes."""
+    def _run(self, layer: int, calls: list[_Call], meanwhile: Callable[[], None]) -> None:
+        """Send every call, run `meanwhile`, re-send failed calls elsewhere, until all have a result or the
+        deadline passes."""
         try:
-            self._run_until_answered(layer, calls)
+            self._run_until_answered(layer, calls, meanwhile)
         except BaseException:
             for call in calls:  # the layer failed: free the servers from work nobody will read
                 if call.result is None:
@@ -154,11 +158,18 @@ class RemoteExpertBackend:
                         future.cancel()
             raise
 
-    def _run_until_answered(self, layer: int, calls: list[_Call]) -> None:
+    def _run_until_answered(self, layer: int, calls: list[_Call], meanwhile: Callable[[], None]) -> None:
         done: queue.SimpleQueue = queue.SimpleQueue()
         deadline = time.monotonic() + self.call_timeout_s
+        # measured on gRPC: bookkeeping run between or right after the sends held the GIL that the transport's
+        # loop thread needed to send them (+3-7% CPU per token); on slots the sends are done when they return
+        inline = getattr(self.transport, "sends_on_caller_thread", True)
+        if not inline:
+            meanwhile()
         for call in calls:
             self._send_or_raise(layer, call, done, deadline)
+        if inline:
+            meanwhile()
         waiting = len(calls)
         while waiting:
             wake = min([c.hedge_at for c in calls if c.result is None and c.hedge_at is not None] + [deadline])
@@ -220,7 +231,7 @@ class RemoteExpertBackend:
         started = time.perf_counter()
         timeout = max(0.001, min(self.rpc_timeout_s, deadline - time.monotonic()))
         round_trips = self._round_trips[call.group.spec.expert_ids]
-        future = self.transport.combine(replica.address, call.request, timeout)
+        future = self.transport.combine(replica.address, call.payload, timeout)
 
         def finished(f, replica: Replica = replica) -> None:  # on a transport thread: bookkeeping only
             self.table.release(replica)
@@ -250,10 +261,13 @@ class RemoteExpertBackend:
                 self.table.quarantine(call.group, replica, code, detail)
 
     @staticmethod
-    def _decode(call: _Call, response: expert_pb2.CombineResponse) -> torch.Tensor:
-        out = decode_tensor(response.output, "output", (call.request.hidden.dtype,))
-        if list(out.shape) != list(call.request.hidden.shape):
-            raise WireError(f"output shape {list(out.shape)} != request shape {list(call.request.hidden.shape)}")
+    def _decode(call: _Call, response: expert_pb2.CombineResponse | torch.Tensor) -> torch.Tensor:
+        """The output of an answered call: a tensor from the slots, a message from gRPC."""
+        hidden = call.payload.hidden
+        out = response if isinstance(response, torch.Tensor) else \
+            decode_tensor(response.output, "output", (NAME_BY_DTYPE[hidden.dtype],))
+        if out.shape != hidden.shape or out.dtype != hidden.dtype:
+            raise WireError(f"output {list(out.shape)} {out.dtype} != request {list(hidden.shape)} {hidden.dtype}")
         return out
 
 

@@ -29,11 +29,10 @@ class PerExpertTokenCounter:
             registry.register(self)
 
     def add(self, expert_ids: torch.Tensor) -> None:
-        ids = expert_ids.reshape(-1).long().cpu()
-        ids = ids[ids >= 0]  # -1 = no expert
-        if ids.numel() == 0:
+        """Count expert_ids (any shape, integers >= -1; -1 = no expert): callers have rejected anything else."""
+        counts = torch.bincount(expert_ids.reshape(-1).cpu() + 1)[1:]  # bin 0 holds the -1s; two ops, not six
+        if counts.numel() == 0:
             return
-        counts = torch.bincount(ids)
         with self._lock:
             if counts.numel() > self._counts.numel():
                 grown = torch.zeros(counts.numel(), dtype=torch.int64)

@@ -2,8 +2,9 @@
 
 For every expert server whose Info names a shm endpoint that this process can reach (same host, same
 network namespace), a `SlotLink` maps `slots` receive slots in one memfd, hands its fd to the server and
-from then on a Combine is: copy the request's tensors into a free slot, ring (a 40-byte header on the unix
-socket), and a reader thread blocked in recv() resolves the call when the reply header arrives. gRPC stays
+from then on a Combine is: copy the request's tensors (a CombinePayload: no protobuf on this path) into a
+free slot, ring (a 40-byte header on the unix socket), and a reader thread blocked in recv() resolves the
+call with a copy of the output tensor when the reply header arrives. gRPC stays
 the control plane (Info, health) and the data path for servers without shm, for requests larger than a
 slot and while every slot is busy. Failure semantics match gRPC's, so RemoteExpertBackend's failover is
 unchanged: a dead server closes the socket (UNAVAILABLE for every call in flight on it), a silent one
@@ -25,11 +26,15 @@ import time
 from dataclasses import dataclass
 
 import grpc
+import torch
 
 from eaas.logs import log_event
 from eaas.protos import expert_pb2
-from eaas.rpc.slot_wire import HELLO, HELLO_ANSWER, MAGIC, REPLY, SlotRequest, itemsize, request_area, socket_address
+from eaas.rpc.combine_payload import CombinePayload
+from eaas.rpc.slot_wire import (HELLO, HELLO_ANSWER, MAGIC, REPLY, SlotRequest, request_tensors, response_view,
+                                socket_address)
 from eaas.rpc.transport import GrpcTransport
+from eaas.rpc.wire import NAME_BY_DTYPE, WireError, encode_tensor
 log = logging.getLogger("eaas.gateway.transport")
 
 STATUS_BY_CODE = {c.value[0]: c for c in grpc.StatusCode}
@@ -65,6 +70,7 @@ class _Pending:
     deadline: float
     dtype: str
     shape: tuple[int, int]
+    as_message: bool  # the caller sent a CombineRequest, not a CombinePayload: answer with a CombineResponse
     abandoned: bool = False  # timed out or link lost: the slot waits for the late reply before reuse
 
 
@@ -104,28 +110,30 @@ class SlotLink:
         self._reader = threading.Thread(target=self._read_replies, name="expert-slot-reader", daemon=True)
         self._reader.start()
 
-    def combine(self, request: expert_pb2.CombineRequest, timeout: float) -> concurrent.futures.Future | None:
-        """Start a Combine in a free slot; None if it does not fit a slot or every slot is busy."""
-        hidden, ids, weights = request.hidden, request.expert_ids, request.weights
-        if len(hidden.shape) != 2 or len(ids.shape) != 2:
+    def combine(self, payload: CombinePayload, timeout: float, as_message: bool = False
+                ) -> concurrent.futures.Future | None:
+        """Start a Combine in a free slot; None if it does not fit a slot or every slot is busy.
+
+        The future's result is the output tensor, or a CombineResponse with `as_message`."""
+        hidden, ids, weights = payload.hidden, payload.expert_ids, payload.weights
+        if hidden.dim() != 2 or ids.dim() != 2 or weights.shape != ids.shape or ids.dtype != torch.int32 \
+                or hidden.dtype not in NAME_BY_DTYPE or weights.dtype not in NAME_BY_DTYPE:
             return None  # malformed: let the gRPC path report it as the server sees it
         tokens, width = hidden.shape
-        header = SlotRequest(0, 0, request.layer, tokens, width, ids.shape[1], hidden.dtype, weights.dtype)
-        at_hidden, at_ids, at_weights, end = header.offsets()
-        if max(end, len(hidden.data)) > self.slot_bytes:
+        header = SlotRequest(0, 0, payload.layer, tokens, width, ids.shape[1], NAME_BY_DTYPE[hidden.dtype],
+                             NAME_BY_DTYPE[weights.dtype])
+        if max(header.offsets()[3], hidden.nbytes) > self.slot_bytes:
             return None
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if not self.alive or not self._free:
                 return None
             slot, generation = self._free.pop(), next(self._generations)
-            area = request_area(self.memory, slot, self.slot_bytes)
-            area[at_hidden:at_hidden + len(hidden.data)] = hidden.data
-            area[at_ids:at_ids + len(ids.data)] = ids.data
-            area[at_weights:at_weights + len(weights.data)] = weights.data
-            self._pending[slot] = _Pending(generation, future, time.monotonic() + timeout, hidden.dtype,
-                                           (tokens, width))
             header = dataclasses.replace(header, slot=slot, generation=generation)
+            for view, tensor in zip(request_tensors(self.memory, header, self.slot_bytes), (hidden, ids, weights)):
+                view.copy_(tensor)
+            self._pending[slot] = _Pending(generation, future, time.monotonic() + timeout, header.hidden_dtype,
+                                           (tokens, width), as_message)
             try:
                 self.sock.sendall(header.pack())
             except OSError as exc:
@@ -172,12 +180,10 @@ class SlotLink:
                 self._free.append(slot)
                 return
         if code == 0:
-            width = call.shape[1]
-            start = (2 * slot + 1) * self.slot_bytes
-            data = bytes(memoryview(self.memory)[start:start + tokens * width * itemsize(call.dtype)])
-            result = expert_pb2.CombineResponse(output=expert_pb2.Tensor(data=data, dtype=call.dtype,
-                                                                         shape=[tokens, width]))
-            _resolve(call.future, result=result)
+            # a private copy: the slot is reused as soon as it is freed below
+            out = response_view(self.memory, slot, self.slot_bytes, tokens, call.shape[1], call.dtype).clone()
+            _resolve(call.future, result=expert_pb2.CombineResponse(output=encode_tensor(out))
+                     if call.as_message else out)
         else:
             status = STATUS_BY_CODE.get(code, grpc.StatusCode.UNKNOWN)
             _resolve(call.future, error=TransportError(status, detail))
@@ -215,6 +221,8 @@ class SlotTransport:
     `required`: with --transport shm, a server that offers no reachable slots is refused (Info fails
     with FAILED_PRECONDITION); with auto it is served over gRPC.
     """
+
+    sends_on_caller_thread = True  # a slot call is copied and rung on the caller's thread (see GrpcTransport)
 
     def __init__(self, required: bool = False, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES,
                  grpc_transport: GrpcTransport | None = None):
@@ -270,7 +278,13 @@ class SlotTransport:
             return self.grpc.combine(address, request, timeout)
         if not link.alive:  # the server died or restarted: the prober's next Info re-links
             return failed(grpc.StatusCode.UNAVAILABLE, f"slot link to {address} lost")
-        future = link.combine(request, timeout)
+        if isinstance(request, CombinePayload):
+            future = link.combine(request, timeout)
+        else:  # a message (tests, tools): its tensors; a malformed one goes to gRPC, which reports the error
+            try:
+                future = link.combine(CombinePayload.from_request(request), timeout, as_message=True)
+            except WireError:
+                future = None
         return future if future is not None else self.grpc.combine(address, request, timeout)
 
     def close(self, address=None):

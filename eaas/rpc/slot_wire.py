@@ -33,7 +33,7 @@ def aligned(n: int) -> int:
 
 
 def itemsize(dtype_name: str) -> int:
-    return torch.empty((), dtype=DTYPE_BY_NAME[dtype_name]).element_size()
+    return DTYPE_BY_NAME[dtype_name].itemsize
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ def socket_address(endpoint: str) -> str:
 
 
 def request_tensors(buf, req: SlotRequest, slot_bytes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """hidden [T, D], expert ids [T, k], weights [T, k] as views of the slot's request area (no copy)."""
+    """hidden [T, D], expert ids [T, k], weights [T, k] as views of the slot's request area (no copy): the
+    gateway copies its tensors into them, the server computes from them."""
     base = req.slot * 2 * slot_bytes
     at_hidden, at_ids, at_weights, _ = req.offsets()
     t, k = req.tokens, req.top_k
@@ -96,6 +97,3 @@ def response_view(buf, slot: int, slot_bytes: int, tokens: int, hidden_size: int
     return torch.frombuffer(buf, dtype=DTYPE_BY_NAME[dtype_name], count=count,
                             offset=(2 * slot + 1) * slot_bytes).view(tokens, hidden_size)
 
-
-def request_area(buf, slot: int, slot_bytes: int) -> memoryview:
-    return memoryview(buf)[2 * slot * slot_bytes:(2 * slot + 1) * slot_bytes]

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eaas.protos import expert_pb2, expert_pb2_grpc
+from eaas.rpc.combine_payload import CombinePayload, as_request
 from eaas.rpc.wire import TRANSPORT_MESSAGE_BYTES
 from eaas.tls import TLSFiles
 from eaas.tls_credentials import ChannelCache
@@ -25,8 +26,9 @@ SERVICE_NAME = expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name
 class ExpertTransport(Protocol):
     """How requests reach a server; a faster transport (shared memory, RDMA) implements the same four calls."""
 
-    def combine(self, address: str, request: expert_pb2.CombineRequest, timeout: float):
-        """Start a Combine; returns a future with add_done_callback(fn(f)), exception() and result()."""
+    def combine(self, address: str, request: CombinePayload | expert_pb2.CombineRequest, timeout: float):
+        """Start a Combine; returns a future with add_done_callback(fn(f)), exception() and result(): a
+        CombineResponse, or for a CombinePayload the output tensor where the transport has it as one."""
 
     def info(self, address: str, timeout: float) -> expert_pb2.ServerInfo: ...
 
@@ -38,6 +40,9 @@ class ExpertTransport(Protocol):
 class GrpcTransport:
     """grpc.aio channels (one per address, kept open) driven by one private event-loop thread.
 
+    `sends_on_caller_thread` False: a call is handed to the loop thread, which needs the GIL to send it, so
+    a caller should not run Python right after handing calls over (RemoteExpertBackend's `meanwhile`).
+
     Measured against sync-channel futures (benchmarks/dispatch_overhead.py): two concurrent Combine calls
     complete faster this way, since a sync channel starts a polling thread per call burst.
     `tls`: mutual TLS to the expert servers (verify them against the CA file, present our certificate);
@@ -46,6 +51,7 @@ class GrpcTransport:
     """
 
     RETIRE_GRACE_S = 30.0  # a channel replaced after a rotation finishes its calls, then closes
+    sends_on_caller_thread = False
 
     def __init__(self, tls: TLSFiles | None = None, tls_server_name: str | None = None):
         self._loop = asyncio.new_event_loop()
@@ -78,8 +84,8 @@ class GrpcTransport:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def combine(self, address, request, timeout):
-        async def call():
-            return await self._stubs(address)[1].Combine(request, timeout=timeout)
+        async def call():  # the message is built here, on the loop thread, not between the caller's sends
+            return await self._stubs(address)[1].Combine(as_request(request), timeout=timeout)
         return self._submit(call())
 
     def info(self, address, timeout):

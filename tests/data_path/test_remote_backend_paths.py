@@ -19,6 +19,7 @@ from eaas.gateway.replica_table import GroupSpec
 from eaas.model.checkpoint import Checkpoint
 from eaas.model.experts import load_expert_weights
 from eaas.protos import expert_pb2, gateway_pb2
+from eaas.rpc.combine_payload import as_request
 from eaas.rpc.wire import MAX_MESSAGE_BYTES, encode_tensor
 from expert_cluster import tiny_mixtral
 
@@ -58,6 +59,7 @@ class InProcessTransport:
                              "float32", self.max_message_bytes)
 
     def combine(self, address, request, timeout):
+        request = as_request(request)  # the backend hands over a CombinePayload; gRPC would send this message
         self.sent.append((address, request))
         future = concurrent.futures.Future()
         answer = self.script[address].pop(0) if self.script[address] else None
