@@ -19,25 +19,26 @@ def expert_rates(client: redis.Redis, deployment: str, now: float, windows: int)
 
     Key naming, bucket math and the rate are the MemPool's own (eaas.mempool): one definition of the schema.
     """
-    keys = DeploymentKeys(deployment)
-    pipe = client.pipeline(transaction=False)
-    for bucket in complete_load_buckets(now, windows):
-        pipe.hgetall(keys.load(bucket))
-    return load_rates([{int(e): int(n) for e, n in window.items()} for window in pipe.execute()], windows)
+    return load_rates(_read_windows(client, deployment, complete_load_buckets(now, windows)), windows)
 
 
 def group_window_readings(client: redis.Redis, deployment: str, groups: list[ExpertGroup], now: float,
                           lookback: int) -> list[list[tuple[float, float]]]:
     """Per group, (window start, tokens/s) of each of the last `lookback` complete load windows, oldest first,
     in one round trip: the predictive policy's input (absent windows count as 0), kept nowhere else."""
-    keys = DeploymentKeys(deployment)
     buckets = list(reversed(complete_load_buckets(now, lookback)))
+    per_window = [group_rates(load_rates([window], 1), groups)
+                  for window in _read_windows(client, deployment, buckets)]
+    return [[(float(b), rates[g.name]) for b, rates in zip(buckets, per_window)] for g in groups]
+
+
+def _read_windows(client: redis.Redis, deployment: str, buckets) -> list[dict[int, int]]:
+    """Expert id -> tokens routed, per load window of `buckets`, in one round trip (absent: empty)."""
+    keys = DeploymentKeys(deployment)
     pipe = client.pipeline(transaction=False)
     for bucket in buckets:
         pipe.hgetall(keys.load(bucket))
-    per_window = [group_rates(load_rates([{int(e): int(n) for e, n in window.items()}], 1), groups)
-                  for window in pipe.execute()]
-    return [[(float(b), rates[g.name]) for b, rates in zip(buckets, per_window)] for g in groups]
+    return [{int(e): int(n) for e, n in window.items()} for window in pipe.execute()]
 
 
 def group_rates(rates: dict[int, float], groups: list[ExpertGroup]) -> dict[str, float]:
