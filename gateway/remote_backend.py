@@ -182,10 +182,10 @@ class RemoteExpertBackend:
                 self._hedge_late(calls, done, deadline)
                 continue
             call.inflight -= 1
+            error = None if future.cancelled() else future.exception()
             if call.result is not None:  # the other attempt of a hedged call answered first: this one is not read,
-                self._quarantine_loser(call, replica, future)  # but a dead replica must still leave the rotation
+                self._quarantine_loser(call, replica, error)  # but a dead replica must still leave the rotation
                 continue
-            error = future.exception()
             if error is None:
                 try:
                     call.result = self._decode(call, future.result())
@@ -243,7 +243,7 @@ class RemoteExpertBackend:
             elif error is not None:
                 self.metrics.failures.labels(_status(error)[0].lower()).inc()  # also when a hedge already answered
                 if call.result is not None:  # the layer may be over: nobody else reads this failure
-                    self._quarantine_loser(call, replica, f)
+                    self._quarantine_loser(call, replica, error)
             done.put((call, replica, f))
 
         call.futures.append(future)
@@ -252,9 +252,8 @@ class RemoteExpertBackend:
         call.hedge_at = None if delay is None else time.monotonic() + delay
         future.add_done_callback(finished)
 
-    def _quarantine_loser(self, call: _Call, replica: Replica, future) -> None:
+    def _quarantine_loser(self, call: _Call, replica: Replica, error: BaseException | None) -> None:
         """Quarantine the replica of a hedged attempt that failed after the call had its answer (idempotent)."""
-        error = None if future.cancelled() else future.exception()
         if error is not None:
             code, detail = _status(error)
             if failure_action(code) is FailureAction.QUARANTINE_AND_RETRY:
