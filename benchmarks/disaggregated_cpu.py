@@ -1,6 +1,6 @@
 """Where the CPU of a disaggregated decode step goes: CPU time per process and thread, per decode step.
 
-    python benchmarks/disaggregated_cpu.py [--seqs 64] [--new-tokens 40] [--experts-per-server 4] [--transport grpc]
+    python benchmarks/disaggregated_cpu.py [--seqs 64] [--new-tokens 40] [--experts-per-server 4] [--transport grpc] [--micro-batches 1]
 
 Runs the same fleet as disaggregated_vs_monolithic.py (expert servers as separate processes, 2 replicas
 per group, the engine in this process), decodes one batch and reads utime + stime of every thread from
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--hidden-size", type=int, default=256)
     ap.add_argument("--base-port", type=int, default=24200)
     ap.add_argument("--transport", default="grpc", choices=["grpc", "shm"], help="expert data path (default grpc)")
+    ap.add_argument("--micro-batches", type=int, default=1, help="micro-batches per step (default 1)")
     args = ap.parse_args()
     logging.getLogger("eaas").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as model:
@@ -64,7 +65,8 @@ def main() -> None:
             backend = RemoteExpertBackend(fleet.groups(), fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers(),
                                           transport=make_transport(args.transport))
             engine = engine_with_backend(ckpt, backend, limits=ScheduleLimits(max_num_seqs=args.seqs,
-                                                                              max_batched_tokens=8192))
+                                                                              max_batched_tokens=8192),
+                                         micro_batches=args.micro_batches)
             batch = prompts(args.seqs)
             engine.generate(batch, SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
             for p in batch:
@@ -81,7 +83,7 @@ def main() -> None:
             backend.close()
         finally:
             fleet.fleet.stop()
-    print(f"[{args.transport}] {args.seqs} sequences, {steps} decode steps, {wall / steps * 1e3:.1f} ms per step (wall), "
+    print(f"[{args.transport}, {args.micro_batches} micro-batch(es)] {args.seqs} sequences, {steps} decode steps, {wall / steps * 1e3:.1f} ms per step (wall), "
           f"{os.cpu_count()} cores")
     total = 0.0
     for name, pid in pids.items():

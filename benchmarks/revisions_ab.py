@@ -1,6 +1,7 @@
 """Disaggregated decode of several git revisions side by side, rounds interleaved, on one machine.
 
     python -P benchmarks/revisions_ab.py main HEAD [REV ...] [--transport shm] [--rounds 4] [--seqs 64 256]
+                                                          [--micro-batches 1 [2 ...]]
 
 On a host shared with other work, two benchmark runs made minutes apart differ more than the code does
 (disaggregated_vs_monolithic.py gave 0.46 and 0.94 for the same code under load 5-20). Here every
@@ -56,7 +57,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / 1e9
 
 
-def worker(base_port: int, transport: str, with_monolithic: bool) -> None:
+def worker(base_port: int, transport: str, with_monolithic: bool, micro_batches: int = 1) -> None:
     """Answer commands on stdin ('combine N', 'decode SEQS', 'mono SEQS') with one JSON line each."""
     from eaas.openmp import quiet_idle_workers
 
@@ -66,11 +67,16 @@ def worker(base_port: int, transport: str, with_monolithic: bool) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from disaggregated_vs_monolithic import KV_CACHE_BYTES, ExpertFleet, decode_tokens_per_s, prompts
+    from disaggregated_vs_monolithic import (
+        KV_CACHE_BYTES,
+        ExpertFleet,
+        decode_tokens_per_s,
+        prompts,
+    )
+    from eaas.gateway.remote_backend import RemoteExpertBackend
 
     from eaas.engine.factory import engine_with_backend, monolithic_engine
     from eaas.engine.scheduler import ScheduleLimits
-    from eaas.gateway.remote_backend import RemoteExpertBackend
     from eaas.model.checkpoint import Checkpoint
     from eaas.model.tiny import write_tiny_model
     from eaas.rpc.slot_transport import make_transport
@@ -85,7 +91,8 @@ def worker(base_port: int, transport: str, with_monolithic: bool) -> None:
             backend = RemoteExpertBackend(fleet.groups(), fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers(),
                                           transport=make_transport(transport))
             limits = ScheduleLimits(max_num_seqs=256, max_batched_tokens=8192)
-            engines = {"decode": engine_with_backend(ckpt, backend, limits=limits, kv_cache_bytes=KV_CACHE_BYTES)}
+            engines = {"decode": engine_with_backend(ckpt, backend, limits=limits, kv_cache_bytes=KV_CACHE_BYTES,
+                                                     micro_batches=micro_batches)}
             if with_monolithic:
                 engines["mono"] = monolithic_engine(model, limits=limits, kv_cache_bytes=KV_CACHE_BYTES)
             pids = [os.getpid()] + [p.pid for p in fleet.procs.values()]
@@ -129,56 +136,63 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--combines", type=int, default=200, help="layer combines per round")
     ap.add_argument("--base-port", type=int, default=25100)
-    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--micro-batches", type=int, nargs="+", default=[1],
+                    help="micro-batches per decode step; several: each revision runs with each (default 1)")
+    ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(int(args.worker[0]), args.worker[1], args.worker[2] == "1")
+        return worker(int(args.worker[0]), args.worker[1], args.worker[2] == "1", int(args.worker[3]))
     if not args.revs:
         ap.error("name at least one git revision")
+    # one variant per (revision, micro-batches): its own worker; the first one also runs monolithic decode
+    variants = [(rev, mb) for rev in args.revs for mb in args.micro_batches]
+    label = {v: v[0] if len(args.micro_batches) == 1 else f"{v[0]}/mb{v[1]}" for v in variants}
     with tempfile.TemporaryDirectory(prefix="eaas-revs-") as tmp:
         procs = {}
-        for i, rev in enumerate(args.revs):
-            root = importable_tree(rev, Path(tmp) / str(i))
-            procs[rev] = subprocess.Popen(
+        roots = {rev: importable_tree(rev, Path(tmp) / str(i)) for i, rev in enumerate(args.revs)}
+        for i, (rev, mb) in enumerate(variants):
+            procs[label[rev, mb]] = subprocess.Popen(
                 [sys.executable, "-P", __file__, "--worker", str(args.base_port + 20 * i), args.transport,
-                 "1" if i == 0 else "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True, cwd=tmp, env={**os.environ, "PYTHONPATH": str(root)})
+                 "1" if i == 0 else "0", str(mb)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True, cwd=tmp, env={**os.environ, "PYTHONPATH": str(roots[rev])})
+        names = list(procs)
         try:
-            for rev, proc in procs.items():
+            for name, proc in procs.items():
                 if not json.loads(proc.stdout.readline() or "{}").get("ready"):
-                    raise SystemExit(f"the worker for {rev} did not start")
+                    raise SystemExit(f"the worker for {name} did not start")
 
-            def ask(rev: str, command: str) -> dict:
-                procs[rev].stdin.write(command + "\n")
-                procs[rev].stdin.flush()
-                return json.loads(procs[rev].stdout.readline())
+            def ask(name: str, command: str) -> dict:
+                procs[name].stdin.write(command + "\n")
+                procs[name].stdin.flush()
+                return json.loads(procs[name].stdout.readline())
             runs: dict[tuple, list] = {}
             loads = []
             for r in range(args.rounds):
                 loads.append(os.getloadavg()[0])
-                for rev in args.revs if r % 2 == 0 else args.revs[::-1]:
-                    runs.setdefault((rev, "combine"), []).append(ask(rev, f"combine {args.combines}"))
+                for name in names if r % 2 == 0 else names[::-1]:
+                    runs.setdefault((name, "combine"), []).append(ask(name, f"combine {args.combines}"))
                     for n in args.seqs:
-                        runs.setdefault((rev, n), []).append(ask(rev, f"decode {n}"))
+                        runs.setdefault((name, n), []).append(ask(name, f"decode {n}"))
                 for n in args.seqs:
-                    runs.setdefault(("monolithic", n), []).append(ask(args.revs[0], f"mono {n}"))
+                    runs.setdefault(("monolithic", n), []).append(ask(names[0], f"mono {n}"))
         finally:
             for proc in procs.values():
                 proc.stdin.close()
                 proc.wait(60)
-    print(f"transport {args.transport}, {args.rounds} rounds, load average (1 min) {min(loads):.1f}-{max(loads):.1f}")
-    for rev in args.revs:
-        c = runs[(rev, "combine")]
+    print(f"transport {args.transport}, micro-batches {args.micro_batches}, {args.rounds} rounds, "
+          f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}")
+    for name in names:
+        c = runs[(name, "combine")]
         walls = [w for o in c for w in o["walls"]]
-        print(f"{rev:>12}: layer combine p50 {1e3 * statistics.median(walls):.3f} ms, mean "
+        print(f"{name:>12}: layer combine p50 {1e3 * statistics.median(walls):.3f} ms, mean "
               f"{1e3 * statistics.fmean(walls):.3f} ms, CPU {1e3 * statistics.fmean(o['cpu'] for o in c):.3f} ms "
               f"per combine (gateway + its 4 expert servers)")
     for n in args.seqs:
         mono = statistics.fmean(o["tok_s"] for o in runs[("monolithic", n)])
-        for rev in args.revs:
-            d = runs[(rev, n)]
+        for name in names:
+            d = runs[(name, n)]
             tok_s = statistics.fmean(o["tok_s"] for o in d)
-            print(f"{rev:>12}: {n} seqs {tok_s:7.0f} tok/s (monolithic {mono:.0f}): ratio {tok_s / mono:.3f}, "
+            print(f"{name:>12}: {n} seqs {tok_s:7.0f} tok/s (monolithic {mono:.0f}): ratio {tok_s / mono:.3f}, "
                   f"CPU {1e3 * statistics.fmean(o['cpu_per_token'] for o in d):.3f} ms per token, "
                   f"failed {sum(o['failed'] for o in d)}")
 

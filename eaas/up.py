@@ -21,7 +21,7 @@ from eaas.auth import API_KEY_ENV, resolve_api_key
 from eaas.child_lifetime import die_with_parent
 from eaas.errors import UserError
 from eaas.local_ports import choose_ports
-from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCHES
+from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, DEFAULT_MICRO_BATCHES
 from eaas.topology import expert_groups, format_expert_ids
 
 # the built-in model: a byte-level Mixtral trained on Python's standard library (scripts/train_demo_model.py),
@@ -54,8 +54,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="expert data path between gateways and expert servers: auto = shared-memory slots when "
                         "both ends offer them (they do on one host), shm = slots required, grpc (default auto)")
     p.add_argument("--micro-batches", type=int, default=DEFAULT_MICRO_BATCHES,
-                   help="each gateway's micro-batches per step (default "
+                   help="each gateway's micro-batches per step at most (default "
                         f"{DEFAULT_MICRO_BATCHES}, as `eaas gateway`: see eaas/rpc/micro_batches.py)")
+    p.add_argument("--micro-batch-min-tokens", type=int, default=DEFAULT_MICRO_BATCH_MIN_TOKENS,
+                   help="each gateway splits a step only while each micro-batch gets this many tokens (default "
+                        f"{DEFAULT_MICRO_BATCH_MIN_TOKENS}, as `eaas gateway`)")
     p.add_argument("--demo", action="store_true", help="stream one completion through the SDK, then stop")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for health (default 180)")
     p.add_argument("--tls", action="store_true", help="make a private CA and certificates under the run directory "
@@ -234,7 +237,8 @@ def run(args) -> int:
             grpc_addr = f"{args.host}:{grpc_ports[i]}"
             argv = py + ["gateway", "--model", str(model), "--expert-servers", ";".join(spec), "--host", args.host,
                          "--grpc-port", str(grpc_ports[i]), "--http-port", str(http_ports[i]),
-                         "--dtype", args.dtype, "--micro-batches", str(args.micro_batches), "--transport", args.transport,
+                         "--dtype", args.dtype, "--micro-batches", str(args.micro_batches),
+                         "--micro-batch-min-tokens", str(args.micro_batch_min_tokens), "--transport", args.transport,
                          *tls_flags(tls_dir)]
             if redis_url:
                 argv += ["--redis", redis_url]

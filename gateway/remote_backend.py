@@ -23,6 +23,7 @@ import grpc
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from eaas.engine.micro_batch_turns import pass_turn
 from eaas.gateway.dispatch import (HEDGE_FACTOR, HEDGE_HISTORY, NO_GROUP, FailureAction, failure_action,
                                    hedge_delay, owners, rows_per_request, split_by_group)
 from eaas.gateway.expert_rpc_metrics import ExpertRpcMetrics
@@ -170,6 +171,7 @@ class RemoteExpertBackend:
             self._send_or_raise(layer, call, done, deadline)
         if inline:
             meanwhile()
+        pass_turn()  # another micro-batch computes its attention while the servers compute this one's experts
         waiting = len(calls)
         while waiting:
             wake = min([c.hedge_at for c in calls if c.result is None and c.hedge_at is not None] + [deadline])

@@ -19,11 +19,13 @@ def quiet_transformers() -> None:
 
 def engine_with_backend(ckpt: Checkpoint, backend: ExpertBackend, dtype: str = "float32",
                         limits: ScheduleLimits = ScheduleLimits(), micro_batches: int = 1,
-                        kv_cache_bytes: int | None = None, block_size: int = 16) -> LLMEngine:
-    """kv_cache_bytes: the KV budget, preallocated now (None: kv_budget.py's default share of memory)."""
+                        kv_cache_bytes: int | None = None, block_size: int = 16,
+                        micro_batch_min_tokens: int = 1) -> LLMEngine:
+    """kv_cache_bytes: the KV budget, preallocated now (None: kv_budget.py's default share of memory).
+    micro_batch_min_tokens: a step is split into micro-batches only while each gets this many tokens."""
     quiet_transformers()
     return LLMEngine(load_dense_model(ckpt, backend, parse_dtype(dtype)), limits, micro_batches,
-                     kv_cache_bytes, block_size)
+                     kv_cache_bytes, block_size, micro_batch_min_tokens)
 
 
 def monolithic_engine(model_dir: str | Path, dtype: str = "float32", limits: ScheduleLimits = ScheduleLimits(),

@@ -8,7 +8,6 @@ newest running request is preempted and later recomputed, which changes none of 
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -19,11 +18,13 @@ from eaas.engine.kv_budget import default_kv_cache_bytes, num_blocks_in_budget
 from eaas.engine.kv_cache import KVCache, bytes_per_block, probe_layer_shapes
 from eaas.engine.kv_mirror import KVMirror
 from eaas.engine.logprobs import TokenLogprobs, prompt_rows, prompt_token_logprobs, token_logprobs
+from eaas.engine.micro_batch_turns import run_in_turns
 from eaas.engine.model_runner import ModelRunner
 from eaas.engine.sampler import apply_penalties, forbid_tokens, sample_next
 from eaas.engine.scheduler import Demand, ScheduleLimits, schedule
 from eaas.engine.sequence import SamplingParams, Sequence, Status
 from eaas.model.dense import DenseModel
+from eaas.rpc.micro_batches import micro_batch_count
 
 Block = list[torch.Tensor]  # one MemPool block: [k0, v0, k1, v1, ...], each [heads, tokens, dim]
 
@@ -76,7 +77,7 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
 
 class LLMEngine:
     def __init__(self, model: DenseModel, limits: ScheduleLimits = ScheduleLimits(), micro_batches: int = 1,
-                 kv_cache_bytes: int | None = None, block_size: int = 16):
+                 kv_cache_bytes: int | None = None, block_size: int = 16, micro_batch_min_tokens: int = 1):
         self.model = model
         self.limits = limits
         shapes = probe_layer_shapes(model.hf)
@@ -91,10 +92,11 @@ class LLMEngine:
         self.mirror: KVMirror | None = KVMirror(shapes, limits.max_num_seqs, model.max_positions,
                                                 max_bytes=self.kv.nbytes)
         self.runner = ModelRunner(model, self.kv)
-        # micro_batches > 1: split each step into disjoint sub-batches run in parallel threads, so one
-        # computes attention while another waits on remote experts (MegaScale-Infer's ping-pong).
+        # micro_batches > 1: split each step into disjoint sub-batches that take turns on this thread, so one
+        # computes attention while another waits on remote experts (micro_batch_turns.py); a step is split only
+        # while each micro-batch gets at least micro_batch_min_tokens tokens (eaas/rpc/micro_batches.py)
         self.micro_batches = max(1, micro_batches)
-        self._pool = ThreadPoolExecutor(self.micro_batches, "eaas-mb") if self.micro_batches > 1 else None
+        self.micro_batch_min_tokens = micro_batch_min_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.eos_ids = model.eos_token_ids
@@ -320,11 +322,15 @@ class LLMEngine:
                                        [s.num_cached for s in batch], counts)
         mirror = self.mirror if staged is not None else None  # None: over the mirror's cap, gather blocks
         slots = staged if staged is not None else [None] * len(batch)
-        parts = split_evenly(len(batch), self.micro_batches)
+        parts = split_evenly(len(batch), micro_batch_count(sum(counts), self.micro_batches,
+                                                           self.micro_batch_min_tokens))
         jobs = [(batch[lo:hi], counts[lo:hi], slots[lo:hi], mirror) for lo, hi in parts]
         if len(jobs) == 1:
             return self._forward_one(*jobs[0])
-        return torch.cat(list(self._pool.map(lambda job: self._forward_one(*job), jobs)))
+        # inference mode entered once here: each turn's own enter/exit then only restores "on", whatever the
+        # order in which the micro-batches finish (the mode is per thread, and they share the thread)
+        with torch.inference_mode():
+            return torch.cat(run_in_turns([lambda job=job: self._forward_one(*job) for job in jobs]))
 
     def _forward_one(self, batch: list[Sequence], counts: list[int], slots: list, mirror) -> torch.Tensor:
         input_ids: list[int] = []

@@ -1,11 +1,19 @@
-"""How many micro-batches a gateway splits each decode step into by default (ping-pong overlap of one
-micro-batch's attention with the other's expert calls), and the measurement behind the choice.
+"""How many micro-batches a gateway splits a step into (ping-pong overlap of one micro-batch's attention
+with the other's expert calls), and the measurement behind the defaults.
 
-Measured on one 2-core host, where the gateway and every expert server share the cores
-(`python -P benchmarks/disaggregated_vs_monolithic.py --micro-batches 1 2`, both transports, one run; README
-"Data-plane transport"): 2 micro-batches were slower than 1 on gRPC and on shared memory at 64 and at 256
-sequences. There is no idle hardware to overlap with, so splitting only adds calls. With expert servers
-on other machines the overlap has idle hardware to use: pass --micro-batches 2 there and measure.
+The micro-batches take turns on the engine's one thread (eaas/engine/micro_batch_turns.py). Splitting
+doubles the expert requests per layer and halves every dense op's batch, so it costs CPU; it pays only when
+the overlap has idle CPU to use, which a large batch gives and a small one does not. Measured on one 2-core
+host where the gateway and 2 x 2 expert servers share the cores (`python -P benchmarks/revisions_ab.py HEAD
+--micro-batches 1 2 --seqs 64 96 128 192 256`, shm, 3 rounds interleaved), decode tok/s, 1 vs 2
+micro-batches: 64 seqs 2680 vs 1818; 96: 3318 vs 2370; 128: 3655 vs 2885; 192: 3600 vs 3567 (a tie);
+256: 3774 vs 4069 (+8%). Hence: at most 2, and only when each gets at least 128 tokens.
 """
 
-DEFAULT_MICRO_BATCHES = 1
+DEFAULT_MICRO_BATCHES = 2         # the most a step is split into
+DEFAULT_MICRO_BATCH_MIN_TOKENS = 128  # ... and only while each micro-batch gets at least this many tokens
+
+
+def micro_batch_count(tokens: int, most: int, min_tokens: int) -> int:
+    """How many micro-batches a step of `tokens` tokens runs as: at most `most`, each at least `min_tokens`."""
+    return max(1, min(most, tokens // max(1, min_tokens)))

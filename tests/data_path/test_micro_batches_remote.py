@@ -1,0 +1,59 @@
+"""Two micro-batches over real expert servers: they take turns at every MoE layer and change no token."""
+
+from __future__ import annotations
+
+import pytest
+
+from eaas.engine.factory import engine_with_backend, monolithic_engine
+from eaas.engine.sequence import SamplingParams
+from eaas.gateway.remote_backend import RemoteExpertBackend
+from eaas.model.checkpoint import Checkpoint
+from eaas.rpc.slot_transport import make_transport
+from expert_cluster import ExpertServer, start_servers, tiny_mixtral
+
+
+class RecordingTransport:
+    """The real transport, noting the MoE layer of every request it sends, in order."""
+
+    def __init__(self, inner):
+        self.inner, self.layers = inner, []
+
+    def combine(self, address, request, timeout):
+        self.layers.append(request.layer)
+        return self.inner.combine(address, request, timeout)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(scope="module")
+def servers():
+    started = start_servers([ExpertServer(tiny_mixtral(), e) for e in ("0-3", "4-7")])
+    yield started
+    for s in started:
+        s.close()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "shm"])
+def test_two_micro_batches_take_turns_and_give_the_monolithic_tokens(transport, servers):
+    ckpt = Checkpoint(tiny_mixtral())
+    recording = RecordingTransport(make_transport(transport))
+    backend = RemoteExpertBackend([((0, 1, 2, 3), [servers[0].address]), ((4, 5, 6, 7), [servers[1].address])],
+                                  fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers(), transport=recording)
+    try:
+        engine = engine_with_backend(ckpt, backend, micro_batches=2, micro_batch_min_tokens=1)
+        prompts = [[i + 3] * (i % 5 + 2) for i in range(6)]
+        params = SamplingParams(max_tokens=5, ignore_eos=True)
+        seqs = [engine.add_request(p, params).seq for p in prompts]
+        steps = 0
+        while engine.has_unfinished():
+            engine.step()
+            steps += 1
+    finally:
+        backend.close()
+    expected = monolithic_engine(tiny_mixtral()).generate(prompts, params)
+    assert [s.output_ids for s in seqs] == expected
+    # Every step ran as 2 micro-batches over layers 0..2. Taking turns, both send layer L before either
+    # sends layer L + 1, so the layer sequence drops back once per step; one after the other, twice.
+    drops = sum(1 for a, b in zip(recording.layers, recording.layers[1:]) if b < a)
+    assert drops == steps - 1, recording.layers[:40]
