@@ -2,7 +2,7 @@
 
     python benchmarks/disaggregated_vs_monolithic.py [--seqs 64 256] [--new-tokens 32] [--fault-seconds 40]
                                                      [--transport grpc shm] [--openai-streams 64] [--json]
-                                                     [--micro-batches 2 [1 ...]] [--micro-batch-min-tokens 128]
+                                                     [--micro-batches N [N ...]] [--micro-batch-min-tokens 128]
 
 Every figure is measured for each --transport on the same expert processes (they offer both): grpc, and
 shm (shared-memory slots + unix-socket doorbell, eaas/rpc/slot_transport.py). Also per transport: one
@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # transport_roun
 from eaas.engine.factory import engine_with_backend, monolithic_engine
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.engine.sequence import SamplingParams
-from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, DEFAULT_MICRO_BATCHES
+from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, default_micro_batches
 from eaas.rpc.slot_transport import SlotTransport, make_transport
 from eaas.gateway.remote_backend import RemoteExpertBackend
 from eaas.model.checkpoint import Checkpoint
@@ -119,10 +119,10 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, nargs="*", default=[64, 256], help="concurrencies to measure (none: skip)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--hidden-size", type=int, default=256)
-    ap.add_argument("--micro-batches", type=int, nargs="+", default=[DEFAULT_MICRO_BATCHES],
-                    help="micro-batches per step at most (ping-pong overlap; default "
-                         f"{DEFAULT_MICRO_BATCHES}, the gateway's); several values are measured in the same run, each "
-                         "N other than the default as a variant '<transport>-mbN' (the fault run uses the first)")
+    ap.add_argument("--micro-batches", type=int, nargs="+",
+                    help="micro-batches per step at most (ping-pong overlap; default: the gateway's for each transport, "
+                         "eaas/rpc/micro_batches.py); several values are measured in the same run, each N other than "
+                         "the transport's default as a variant '<transport>-mbN' (the fault run uses the first)")
     ap.add_argument("--micro-batch-min-tokens", type=int, default=DEFAULT_MICRO_BATCH_MIN_TOKENS,
                     help="split a step only while each micro-batch gets this many tokens (default "
                          f"{DEFAULT_MICRO_BATCH_MIN_TOKENS}, the gateway's; 1 = split every step)")
@@ -157,13 +157,15 @@ def main() -> None:
             ckpt = Checkpoint(model)
             say(f"model: {report['model']}; "
                 f"{-(-8 // args.experts_per_server)} expert group(s) x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
-                f"micro-batches {args.micro_batches} (split while each gets >= {args.micro_batch_min_tokens} tokens)")
+                f"micro-batches {args.micro_batches or 'the gateway default'} (split while each gets >= "
+                f"{args.micro_batch_min_tokens} tokens)")
             backends = {name: remote_backend(experts, ckpt, name) for name in args.transport}
-            engines = {name + (f"-mb{mb}" if mb != DEFAULT_MICRO_BATCHES else ""):
+            engines = {name + (f"-mb{mb}" if mb != default_micro_batches(name) else ""):
                        engine_with_backend(ckpt, backend, limits=limits, micro_batches=mb,
                                            kv_cache_bytes=KV_CACHE_BYTES,
                                            micro_batch_min_tokens=args.micro_batch_min_tokens)
-                       for name, backend in backends.items() for mb in args.micro_batches}
+                       for name, backend in backends.items()
+                       for mb in args.micro_batches or [default_micro_batches(name)]}
             for n in args.seqs:
                 batch = prompts(n)
                 target = 0.85 if n <= 64 else 0.90
@@ -264,7 +266,8 @@ def fault_runs(model: str, ckpt: Checkpoint, limits: ScheduleLimits, args, repor
                                  base_port=args.base_port + 50 * (i + 2))
             try:
                 backends = [remote_backend(fleet, ckpt, name) for fleet in (reference, faulty)]
-                sides = [Side(engine_with_backend(ckpt, backend, limits=limits, micro_batches=args.micro_batches[0],
+                mb = args.micro_batches[0] if args.micro_batches else default_micro_batches(name)
+                sides = [Side(engine_with_backend(ckpt, backend, limits=limits, micro_batches=mb,
                                                   kv_cache_bytes=KV_CACHE_BYTES,
                                                   micro_batch_min_tokens=args.micro_batch_min_tokens),
                               fleet) for backend, fleet in zip(backends, (reference, faulty))]

@@ -21,7 +21,7 @@ from eaas.auth import API_KEY_ENV, resolve_api_key
 from eaas.child_lifetime import die_with_parent
 from eaas.errors import UserError
 from eaas.local_ports import choose_ports
-from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, DEFAULT_MICRO_BATCHES
+from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, DEFAULT_MICRO_BATCHES, default_micro_batches
 from eaas.topology import expert_groups, format_expert_ids
 
 # the built-in model: a byte-level Mixtral trained on Python's standard library (scripts/train_demo_model.py),
@@ -53,9 +53,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
                    help="expert data path between gateways and expert servers: auto = shared-memory slots when "
                         "both ends offer them (they do on one host), shm = slots required, grpc (default auto)")
-    p.add_argument("--micro-batches", type=int, default=DEFAULT_MICRO_BATCHES,
+    p.add_argument("--micro-batches", type=int,
                    help="each gateway's micro-batches per step at most (default "
-                        f"{DEFAULT_MICRO_BATCHES}, as `eaas gateway`: see eaas/rpc/micro_batches.py)")
+                        f"{DEFAULT_MICRO_BATCHES} with --transport auto or shm, 1 with grpc, as `eaas gateway`: see "
+                        "eaas/rpc/micro_batches.py)")
     p.add_argument("--micro-batch-min-tokens", type=int, default=DEFAULT_MICRO_BATCH_MIN_TOKENS,
                    help="each gateway splits a step only while each micro-batch gets this many tokens (default "
                         f"{DEFAULT_MICRO_BATCH_MIN_TOKENS}, as `eaas gateway`)")
@@ -237,7 +238,7 @@ def run(args) -> int:
             grpc_addr = f"{args.host}:{grpc_ports[i]}"
             argv = py + ["gateway", "--model", str(model), "--expert-servers", ";".join(spec), "--host", args.host,
                          "--grpc-port", str(grpc_ports[i]), "--http-port", str(http_ports[i]),
-                         "--dtype", args.dtype, "--micro-batches", str(args.micro_batches),
+                         "--dtype", args.dtype, "--micro-batches", str(args.micro_batches or default_micro_batches(args.transport)),
                          "--micro-batch-min-tokens", str(args.micro_batch_min_tokens), "--transport", args.transport,
                          *tls_flags(tls_dir)]
             if redis_url:

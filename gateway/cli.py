@@ -49,9 +49,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="dense weights dtype: float32|bfloat16|float16")
     p.add_argument("--max-num-seqs", type=int, default=256, help="sequences per batch at most (default 256)")
     p.add_argument("--max-batched-tokens", type=int, default=4096, help="tokens per step at most (default 4096)")
-    p.add_argument("--micro-batches", type=int, default=DEFAULT_MICRO_BATCHES,
+    p.add_argument("--micro-batches", type=int,
                    help="split a step into at most N micro-batches that take turns, one's attention overlapping the "
-                        f"other's expert calls (default {DEFAULT_MICRO_BATCHES}; see eaas/rpc/micro_batches.py)")
+                        f"other's expert calls (default {DEFAULT_MICRO_BATCHES} with --transport auto or shm, 1 with "
+                        "grpc: measured, see eaas/rpc/micro_batches.py)")
     p.add_argument("--micro-batch-min-tokens", type=int, default=DEFAULT_MICRO_BATCH_MIN_TOKENS,
                    help="split a step only while each micro-batch gets at least this many tokens (default "
                         f"{DEFAULT_MICRO_BATCH_MIN_TOKENS}: smaller steps ran faster unsplit, measured)")

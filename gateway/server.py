@@ -21,7 +21,7 @@ from eaas.engine.factory import engine_with_backend, load_tokenizer
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED
 from eaas.engine.scheduler import ScheduleLimits
 from eaas.errors import UserError
-from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, DEFAULT_MICRO_BATCHES
+from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, default_micro_batches
 from eaas.rpc.slot_transport import make_transport
 from eaas.gateway import discovery
 from eaas.gateway.auth import grpc_interceptors
@@ -59,7 +59,7 @@ class GatewayOptions:
     dtype: str = "float32"
     max_num_seqs: int = 256
     max_batched_tokens: int = 4096
-    micro_batches: int = DEFAULT_MICRO_BATCHES
+    micro_batches: int | None = None  # None: default_micro_batches(transport)
     micro_batch_min_tokens: int = DEFAULT_MICRO_BATCH_MIN_TOKENS
     prefix_cache: bool = True
     block_size: int = 16
@@ -171,7 +171,8 @@ class Gateway:
                                                                     self.opts.expert_tls_name))
         o = self.opts
         engine = engine_with_backend(self.ckpt, self.backend, o.dtype,
-                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens), o.micro_batches,
+                                     ScheduleLimits(o.max_num_seqs, o.max_batched_tokens),
+                                     o.micro_batches or default_micro_batches(o.transport),
                                      o.kv_cache_bytes, o.block_size, o.micro_batch_min_tokens)
         log.info("KV cache: %d blocks of %d tokens, %.2f GiB preallocated", engine.blocks.num_blocks,
                  engine.block_size, engine.kv.nbytes / 2**30)

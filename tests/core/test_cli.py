@@ -60,12 +60,18 @@ def test_help_of_every_subcommand():
 
 def test_gateway_and_up_state_the_same_micro_batch_default_they_use():
     from eaas.gateway.server import GatewayOptions
-    from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCHES
+    from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, DEFAULT_MICRO_BATCHES, default_micro_batches
 
-    assert GatewayOptions(model="m").micro_batches == DEFAULT_MICRO_BATCHES
+    opts = GatewayOptions(model="m")
+    assert opts.micro_batches is None and opts.micro_batch_min_tokens == DEFAULT_MICRO_BATCH_MIN_TOKENS
+    assert default_micro_batches("auto") == default_micro_batches("shm") == DEFAULT_MICRO_BATCHES
+    assert default_micro_batches("grpc") == 1
     for name in ("gateway", "up"):
         text = " ".join(eaas(name, "--help").stdout.split())
-        assert f"(default {DEFAULT_MICRO_BATCHES}" in text.split("--micro-batches MICRO_BATCHES", 2)[2], name
+        after = text.split("--micro-batches MICRO_BATCHES", 2)[2]
+        assert f"(default {DEFAULT_MICRO_BATCHES} with --transport auto or shm, 1 with grpc" in after, name
+        after = text.split("--micro-batch-min-tokens MICRO_BATCH_MIN_TOKENS", 2)[2]
+        assert f"(default {DEFAULT_MICRO_BATCH_MIN_TOKENS}" in after, name
 
 
 def one_line_error(proc) -> str:
