@@ -242,12 +242,15 @@ class EngineService:
                 self._forget_ended()
                 self._publish_engine_state()
             now = time.perf_counter()
+            events: dict[asyncio.AbstractEventLoop, list] = {}
             for out in outputs:
                 req = self._live.get(out.seq.seq_id)
                 if req is None:
                     continue
                 self._offer_new_blocks(req, out)
-                self._post_token(req, out, now)
+                events.setdefault(req.loop, []).append((req, self._token_event(req, out, now)))
+            for loop, items in events.items():
+                self._post_all(loop, items)
 
     def _forget_ended(self) -> None:
         """Drop the requests their callers ended, once the engine has freed them (finish() acts at a step)."""
@@ -285,7 +288,7 @@ class EngineService:
                 req.handle.finish()
                 self._ended.append(req)
 
-    def _post_token(self, req: _Request, out: StepOutput, now: float) -> None:
+    def _token_event(self, req: _Request, out: StepOutput, now: float) -> TokenEvent:
         seq = req.seq
         if req.last_token_at is None:
             self.metrics.ttft.observe(now - req.arrived)
@@ -300,15 +303,21 @@ class EngineService:
                            None if out.logprobs is None else [out.logprobs], out.prompt_logprobs)
         if seq.is_finished:
             self._live.pop(seq.seq_id, None)
-        self._post(req, event)
+        return event
+
+    def _post_all(self, loop: asyncio.AbstractEventLoop, items: list[tuple[_Request, object]]) -> None:
+        """Hand a step's events to their loop in one wake-up (measured: one call_soon_threadsafe per token
+        made the loop thread wake 64 times a step and take the GIL from this thread each time); a closed
+        loop means nobody listens: abort, never die."""
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:
+            for req, _ in items:
+                self.engine.abort(req.seq)
+                self._live.pop(req.seq.seq_id, None)
 
     def _post(self, req: _Request, item) -> None:
-        """Hand an event to the request's loop; a closed loop means nobody listens: abort, never die."""
-        try:
-            req.loop.call_soon_threadsafe(req.events.put_nowait, item)
-        except RuntimeError:
-            self.engine.abort(req.seq)
-            self._live.pop(req.seq.seq_id, None)
+        self._post_all(req.loop, [(req, item)])
 
     def _fail_running(self, exc: Exception) -> None:
         """A failed forward fails the sequences that were in it; queued requests keep their turn."""
@@ -338,3 +347,9 @@ class EngineService:
         write = self.kv_pool.insert_in_background(tokens, [None] * out.first_block + out.new_blocks)
         if write is not None:
             req.pool_writes = [f for f in req.pool_writes if not f.done()] + [write]
+
+
+def _put_all(items: list) -> None:
+    """On the requests' loop: each event into its request's queue, in step order."""
+    for req, item in items:
+        req.events.put_nowait(item)

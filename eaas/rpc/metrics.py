@@ -33,7 +33,9 @@ class PerExpertTokenCounter:
         counts = torch.bincount(expert_ids.reshape(-1).cpu() + 1)[1:]  # bin 0 holds the -1s; two ops, not six
         if counts.numel() == 0:
             return
-        with self._lock:
+        # outside inference mode: a tally grown inside it would be an inference tensor, which a later call
+        # from outside inference mode could not add to (the engine calls in it, tools and tests may not)
+        with self._lock, torch.inference_mode(False):
             if counts.numel() > self._counts.numel():
                 grown = torch.zeros(counts.numel(), dtype=torch.int64)
                 grown[: self._counts.numel()] = self._counts
