@@ -57,3 +57,31 @@ def test_two_micro_batches_take_turns_and_give_the_monolithic_tokens(transport, 
     # sends layer L + 1, so the layer sequence drops back once per step; one after the other, twice.
     drops = sum(1 for a, b in zip(recording.layers, recording.layers[1:]) if b < a)
     assert drops == steps - 1, recording.layers[:40]
+
+
+@pytest.mark.parametrize("transport", ["grpc", "shm"])
+def test_a_replica_killed_while_micro_batches_take_turns_changes_no_token(transport):
+    """SIGKILL one replica of a group mid-generation, with two micro-batches in flight at every layer: the
+    requests it held are re-sent to its twin, and every sequence gets the monolithic tokens."""
+    ckpt = Checkpoint(tiny_mixtral())
+    low_a, low_b, high = start_servers([ExpertServer(tiny_mixtral(), e) for e in ("0-3", "0-3", "4-7")])
+    backend = RemoteExpertBackend([((0, 1, 2, 3), [low_a.address, low_b.address]), ((4, 5, 6, 7), [high.address])],
+                                  fingerprint=ckpt.fingerprint(), layers=ckpt.moe_layers(),
+                                  transport=make_transport(transport), rpc_timeout_s=5, probe_interval_s=0.2)
+    try:
+        engine = engine_with_backend(ckpt, backend, micro_batches=2, micro_batch_min_tokens=1)
+        prompts = [[i + 5] * (i % 4 + 3) for i in range(8)]
+        params = SamplingParams(max_tokens=40, ignore_eos=True)
+        seqs = [engine.add_request(p, params).seq for p in prompts]
+        steps = 0
+        while engine.has_unfinished():
+            engine.step()
+            steps += 1
+            if steps == 10:  # both replicas of the low group have been serving: kill one between two steps' layers
+                low_a.kill()
+        assert low_a.proc.poll() is not None and backend.replica_states()[low_a.address] == "quarantined"
+    finally:
+        backend.close()
+        for server in (low_a, low_b, high):
+            server.close()
+    assert [s.output_ids for s in seqs] == monolithic_engine(tiny_mixtral()).generate(prompts, params)
