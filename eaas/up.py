@@ -21,7 +21,7 @@ from eaas.auth import API_KEY_ENV, resolve_api_key
 from eaas.child_lifetime import die_with_parent
 from eaas.errors import UserError
 from eaas.local_ports import choose_ports
-from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, DEFAULT_MICRO_BATCHES, default_micro_batches
+from eaas.rpc.micro_batches import add_micro_batch_arguments, default_micro_batches
 from eaas.topology import expert_groups, format_expert_ids
 
 # the built-in model: a byte-level Mixtral trained on Python's standard library (scripts/train_demo_model.py),
@@ -53,13 +53,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
                    help="expert data path between gateways and expert servers: auto = shared-memory slots when "
                         "both ends offer them (they do on one host), shm = slots required, grpc (default auto)")
-    p.add_argument("--micro-batches", type=int,
-                   help="each gateway's micro-batches per step at most (default "
-                        f"{DEFAULT_MICRO_BATCHES} with --transport auto or shm, 1 with grpc, as `eaas gateway`: see "
-                        "eaas/rpc/micro_batches.py)")
-    p.add_argument("--micro-batch-min-tokens", type=int, default=DEFAULT_MICRO_BATCH_MIN_TOKENS,
-                   help="each gateway splits a step only while each micro-batch gets this many tokens (default "
-                        f"{DEFAULT_MICRO_BATCH_MIN_TOKENS}, as `eaas gateway`)")
+    add_micro_batch_arguments(p)  # each gateway's
     p.add_argument("--demo", action="store_true", help="stream one completion through the SDK, then stop")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for health (default 180)")
     p.add_argument("--tls", action="store_true", help="make a private CA and certificates under the run directory "

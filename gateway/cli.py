@@ -10,7 +10,7 @@ from eaas.auth import api_key_source
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED, describe_default
 from eaas.errors import UserError
 from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S
-from eaas.rpc.micro_batches import DEFAULT_MICRO_BATCH_MIN_TOKENS, DEFAULT_MICRO_BATCHES
+from eaas.rpc.micro_batches import add_micro_batch_arguments
 from eaas.tls import TLSFiles, add_tls_flags, tls_files_from_args
 
 DEFAULT_MAX_STREAMS = 64
@@ -49,13 +49,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help="dense weights dtype: float32|bfloat16|float16")
     p.add_argument("--max-num-seqs", type=int, default=256, help="sequences per batch at most (default 256)")
     p.add_argument("--max-batched-tokens", type=int, default=4096, help="tokens per step at most (default 4096)")
-    p.add_argument("--micro-batches", type=int,
-                   help="split a step into at most N micro-batches that take turns, one's attention overlapping the "
-                        f"other's expert calls (default {DEFAULT_MICRO_BATCHES} with --transport auto or shm, 1 with "
-                        "grpc: measured, see eaas/rpc/micro_batches.py)")
-    p.add_argument("--micro-batch-min-tokens", type=int, default=DEFAULT_MICRO_BATCH_MIN_TOKENS,
-                   help="split a step only while each micro-batch gets at least this many tokens (default "
-                        f"{DEFAULT_MICRO_BATCH_MIN_TOKENS}: smaller steps ran faster unsplit, measured)")
+    add_micro_batch_arguments(p)
     p.add_argument("--transport", default="auto", choices=["auto", "shm", "grpc"],
                    help="expert data path: auto = shared-memory slots with every expert server on this host that "
                         "offers them, gRPC with the others; shm = slots required; grpc = gRPC only (default auto)")

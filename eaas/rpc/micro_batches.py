@@ -12,6 +12,8 @@ host where the gateway and 2 x 2 expert servers share the cores (`python -P benc
   needs the GIL that the other micro-batch's attention holds. Hence 1 with --transport grpc.
 """
 
+import argparse
+
 DEFAULT_MICRO_BATCHES = 2             # the most a step is split into (shm / auto transport)
 DEFAULT_MICRO_BATCH_MIN_TOKENS = 128  # ... and only while each micro-batch gets at least this many tokens
 
@@ -24,3 +26,14 @@ def default_micro_batches(transport: str) -> int:
 def micro_batch_count(tokens: int, most: int, min_tokens: int) -> int:
     """How many micro-batches a step of `tokens` tokens runs as: at most `most`, each at least `min_tokens`."""
     return max(1, min(most, tokens // max(1, min_tokens)))
+
+
+def add_micro_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """--micro-batches and --micro-batch-min-tokens, as `eaas gateway` and `eaas up` both take them."""
+    parser.add_argument("--micro-batches", type=int,
+                        help="split a step into at most N micro-batches that take turns, one's attention overlapping "
+                             f"the other's expert calls (default {DEFAULT_MICRO_BATCHES} with --transport auto or shm, "
+                             "1 with grpc: measured, see eaas/rpc/micro_batches.py)")
+    parser.add_argument("--micro-batch-min-tokens", type=int, default=DEFAULT_MICRO_BATCH_MIN_TOKENS,
+                        help="split a step only while each micro-batch gets at least this many tokens (default "
+                             f"{DEFAULT_MICRO_BATCH_MIN_TOKENS}: smaller steps ran faster unsplit, measured)")

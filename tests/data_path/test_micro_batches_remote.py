@@ -26,6 +26,17 @@ class RecordingTransport:
         return getattr(self.inner, name)
 
 
+def run_to_the_end(engine, prompts, params, after_step=lambda steps: None):
+    """(the sequences, the number of steps) of prompts run to completion; after_step(n) after step n."""
+    seqs = [engine.add_request(p, params).seq for p in prompts]
+    steps = 0
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+        after_step(steps)
+    return seqs, steps
+
+
 @pytest.fixture(scope="module")
 def servers():
     started = start_servers([ExpertServer(tiny_mixtral(), e) for e in ("0-3", "4-7")])
@@ -44,11 +55,7 @@ def test_two_micro_batches_take_turns_and_give_the_monolithic_tokens(transport, 
         engine = engine_with_backend(ckpt, backend, micro_batches=2, micro_batch_min_tokens=1)
         prompts = [[i + 3] * (i % 5 + 2) for i in range(6)]
         params = SamplingParams(max_tokens=5, ignore_eos=True)
-        seqs = [engine.add_request(p, params).seq for p in prompts]
-        steps = 0
-        while engine.has_unfinished():
-            engine.step()
-            steps += 1
+        seqs, steps = run_to_the_end(engine, prompts, params)
     finally:
         backend.close()
     expected = monolithic_engine(tiny_mixtral()).generate(prompts, params)
@@ -72,13 +79,8 @@ def test_a_replica_killed_while_micro_batches_take_turns_changes_no_token(transp
         engine = engine_with_backend(ckpt, backend, micro_batches=2, micro_batch_min_tokens=1)
         prompts = [[i + 5] * (i % 4 + 3) for i in range(8)]
         params = SamplingParams(max_tokens=40, ignore_eos=True)
-        seqs = [engine.add_request(p, params).seq for p in prompts]
-        steps = 0
-        while engine.has_unfinished():
-            engine.step()
-            steps += 1
-            if steps == 10:  # both replicas of the low group have been serving: kill one between two steps' layers
-                low_a.kill()
+        # after 10 steps both replicas of the low group have been serving: kill one, between two steps
+        seqs, _ = run_to_the_end(engine, prompts, params, lambda steps: steps == 10 and low_a.kill())
         assert low_a.proc.poll() is not None and backend.replica_states()[low_a.address] == "quarantined"
     finally:
         backend.close()
