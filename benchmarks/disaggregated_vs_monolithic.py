@@ -3,6 +3,7 @@
     python benchmarks/disaggregated_vs_monolithic.py [--seqs 64 256] [--new-tokens 32] [--fault-seconds 40]
                                                      [--transport grpc shm] [--openai-streams 64] [--json]
                                                      [--micro-batches N [N ...]] [--micro-batch-min-tokens 128]
+                                                     [--replicas 2]
 
 Every figure is measured for each --transport on the same expert processes (they offer both): grpc, and
 shm (shared-memory slots + unix-socket doorbell, eaas/rpc/slot_transport.py). Also per transport: one
@@ -141,6 +142,8 @@ def main() -> None:
                          f"{DEFAULT_MICRO_BATCH_MIN_TOKENS}, the gateway's; 1 = split every step)")
     ap.add_argument("--experts-per-server", type=int, default=4,
                     help="experts per group: 4 = 2 groups (2 RPCs per layer), 8 = 1 group (1 RPC per layer)")
+    ap.add_argument("--replicas", type=int, default=2,
+                    help="replicas per group for the throughput and dispatch figures (default 2; the fault run uses 3)")
     ap.add_argument("--fault-seconds", type=float, default=40.0, help="0 skips the fault run")
     ap.add_argument("--fault-reference-keeps-all", action="store_true",
                     help="the fault-free reference fleet keeps every replica instead of retiring the killed one's twin")
@@ -155,7 +158,7 @@ def main() -> None:
                     help="concurrent OpenAI streams through `eaas up` vs transformers.generate (0 skips)")
     args = ap.parse_args()
     report: dict = {"model": f"tiny mixtral hidden {args.hidden_size}, 4 layers, 8 experts top-2, fp32",
-                    "experts_per_server": args.experts_per_server, "new_tokens": args.new_tokens,
+                    "experts_per_server": args.experts_per_server, "replicas": args.replicas, "new_tokens": args.new_tokens,
                     "micro_batches": args.micro_batches,
                     "micro_batch_min_tokens": args.micro_batch_min_tokens, "transports": {}}
     say = (lambda *a, **k: None) if args.json else print
@@ -163,13 +166,14 @@ def main() -> None:
     logging.getLogger("eaas").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as model:
         write_tiny_model(model, "mixtral", seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
-        experts = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=2, base_port=args.base_port)
+        experts = ExpertFleet(model, experts_per_server=args.experts_per_server, replicas=args.replicas,
+                              base_port=args.base_port)
         try:
             limits = ScheduleLimits(max_num_seqs=max(args.seqs + [64]), max_batched_tokens=8192)
             mono = monolithic_engine(model, limits=limits, kv_cache_bytes=KV_CACHE_BYTES)
             ckpt = Checkpoint(model)
             say(f"model: {report['model']}; "
-                f"{-(-8 // args.experts_per_server)} expert group(s) x 2 replicas (separate processes); {args.new_tokens} new tokens per sequence; "
+                f"{-(-8 // args.experts_per_server)} expert group(s) x {args.replicas} replicas (separate processes); {args.new_tokens} new tokens per sequence; "
                 f"micro-batches {args.micro_batches or 'the gateway default'} (split while each gets >= "
                 f"{args.micro_batch_min_tokens} tokens)")
             backends = {name: remote_backend(experts, ckpt, name) for name in args.transport}

@@ -54,6 +54,20 @@ def test_a_failing_job_ends_the_others_and_its_error_propagates():
     assert unwound == ["waiting"]
 
 
+def test_a_job_failing_before_its_first_pass_leaves_the_later_ones_unstarted():
+    ran = []
+
+    def failing():
+        raise ValueError("bad batch")
+
+    def later():
+        ran.append("later")
+        pass_turn()
+    with pytest.raises(ValueError, match="bad batch"):
+        run_in_turns([failing, later])
+    assert ran == []
+
+
 def test_pass_turn_outside_turns_does_nothing():
     pass_turn()
     assert run_in_turns([lambda: 1]) == [1]
