@@ -21,7 +21,7 @@ from eaas.auth import API_KEY_ENV, resolve_api_key
 from eaas.child_lifetime import die_with_parent
 from eaas.errors import UserError
 from eaas.local_ports import choose_ports
-from eaas.rpc.micro_batches import add_micro_batch_arguments, default_micro_batches
+from eaas.rpc.micro_batches import add_micro_batch_arguments, check_micro_batch_arguments, default_micro_batches
 from eaas.topology import expert_groups, format_expert_ids
 
 # the built-in model: a byte-level Mixtral trained on Python's standard library (scripts/train_demo_model.py),
@@ -185,6 +185,7 @@ def run(args) -> int:
     for flag in ("experts_per_server", "expert_replicas", "gateways"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
+    check_micro_batch_arguments(args)
     if args.api_key is not None:
         # via the environment, not argv: the key stays out of `ps`; the gateways and the demo client read it
         os.environ[API_KEY_ENV] = resolve_api_key(args.api_key)

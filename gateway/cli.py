@@ -10,7 +10,7 @@ from eaas.auth import api_key_source
 from eaas.engine.kv_budget import DEFAULT_MAX_QUEUED, describe_default
 from eaas.errors import UserError
 from eaas.gateway.stall import DEFAULT_STALL_TIMEOUT_S
-from eaas.rpc.micro_batches import add_micro_batch_arguments
+from eaas.rpc.micro_batches import add_micro_batch_arguments, check_micro_batch_arguments
 from eaas.tls import TLSFiles, add_tls_flags, tls_files_from_args
 
 DEFAULT_MAX_STREAMS = 64
@@ -85,6 +85,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    check_micro_batch_arguments(args)
     from eaas.gateway.server import Gateway, GatewayOptions
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -14,6 +14,8 @@ host where the gateway and 2 x 2 expert servers share the cores (`python -P benc
 
 import argparse
 
+from eaas.errors import UserError
+
 DEFAULT_MICRO_BATCHES = 2             # the most a step is split into (shm / auto transport)
 DEFAULT_MICRO_BATCH_MIN_TOKENS = 128  # ... and only while each micro-batch gets at least this many tokens
 
@@ -37,3 +39,11 @@ def add_micro_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch-min-tokens", type=int, default=DEFAULT_MICRO_BATCH_MIN_TOKENS,
                         help="split a step only while each micro-batch gets at least this many tokens (default "
                              f"{DEFAULT_MICRO_BATCH_MIN_TOKENS}: smaller steps ran faster unsplit, measured)")
+
+
+def check_micro_batch_arguments(args: argparse.Namespace) -> None:
+    """Refuse a micro-batch count or minimum below 1 (UserError: one line, exit 2)."""
+    for flag in ("micro_batches", "micro_batch_min_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")

@@ -72,6 +72,12 @@ def test_gateway_and_up_state_the_same_micro_batch_default_they_use():
         assert f"(default {DEFAULT_MICRO_BATCHES} with --transport auto or shm, 1 with grpc" in after, name
         after = text.split("--micro-batch-min-tokens MICRO_BATCH_MIN_TOKENS", 2)[2]
         assert f"(default {DEFAULT_MICRO_BATCH_MIN_TOKENS}" in after, name
+    for name in ("gateway", "up"):
+        for flag in ("--micro-batches", "--micro-batch-min-tokens"):
+            where = ["--expert-servers", "127.0.0.1:1"] if name == "gateway" else []
+            proc = eaas(name, "--model", "tiny-mixtral", *where, flag, "0", check=False)
+            assert proc.returncode != 0 and f"{flag} must be >= 1, got 0" in proc.stderr, (name, flag, proc.stderr)
+            assert "Traceback" not in proc.stderr
 
 
 def one_line_error(proc) -> str:
