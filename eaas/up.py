@@ -21,7 +21,7 @@ from eaas.auth import API_KEY_ENV, resolve_api_key
 from eaas.child_lifetime import die_with_parent
 from eaas.errors import UserError
 from eaas.local_ports import choose_ports
-from eaas.rpc.micro_batches import add_micro_batch_arguments, check_micro_batch_arguments, default_micro_batches
+from eaas.rpc.micro_batches import add_micro_batch_arguments, check_micro_batch_arguments
 from eaas.topology import expert_groups, format_expert_ids
 
 # the built-in model: a byte-level Mixtral trained on Python's standard library (scripts/train_demo_model.py),
@@ -233,9 +233,10 @@ def run(args) -> int:
             grpc_addr = f"{args.host}:{grpc_ports[i]}"
             argv = py + ["gateway", "--model", str(model), "--expert-servers", ";".join(spec), "--host", args.host,
                          "--grpc-port", str(grpc_ports[i]), "--http-port", str(http_ports[i]),
-                         "--dtype", args.dtype, "--micro-batches", str(args.micro_batches or default_micro_batches(args.transport)),
-                         "--micro-batch-min-tokens", str(args.micro_batch_min_tokens), "--transport", args.transport,
-                         *tls_flags(tls_dir)]
+                         "--dtype", args.dtype, "--micro-batch-min-tokens", str(args.micro_batch_min_tokens),
+                         "--transport", args.transport, *tls_flags(tls_dir)]
+            if args.micro_batches is not None:  # else the gateway's default for --transport (one rule, one place)
+                argv += ["--micro-batches", str(args.micro_batches)]
             if redis_url:
                 argv += ["--redis", redis_url]
             if args.kv_cache_bytes:
