@@ -12,7 +12,9 @@ slower group's expert compute measured in this process on one thread) divided by
 same bytes on the same transport (benchmarks/transport_roundtrip.py's echo servers); target <= 1.5.
 --json prints every ratio as one JSON object instead of the text lines.
 Then, per transport, `eaas up --transport T` serving --openai-streams concurrent OpenAI streams divided by
-transformers.generate batched on the same prompts (benchmarks/up_vs_generate.py; target >= 1.0).
+transformers.generate batched on the same prompts (benchmarks/up_vs_generate.py; target >= 1.0), and,
+when --seqs includes --openai-streams, the disaggregated engine's own decode tok/s at that concurrency over the
+same generate figure (`engine_without_http_over_generate`): the ceiling of any HTTP front-end change.
 
 Prints decode tok/s of both backends at each concurrency and their ratio (targets: >= 0.85 at 64,
 >= 0.90 at 256), then the throughput while one expert replica is SIGKILLed every 10 s divided by the
@@ -220,8 +222,14 @@ def main() -> None:
         if args.openai_streams > 0:
             from up_vs_generate import up_vs_generate
             for name, row in up_vs_generate(model, args.openai_streams, args.new_tokens, args.transport, say=say).items():
-                report["transports"].setdefault(name, {}).update(
-                    up_openai_over_generate=row["up_openai_over_generate"], up_openai=row)
+                mine = report["transports"].setdefault(name, {})
+                mine.update(up_openai_over_generate=row["up_openai_over_generate"], up_openai=row)
+                engine = mine.get(f"tok_s_{args.openai_streams}")
+                if engine:  # the same engine and fleet shape driven in this process: no HTTP, no streams
+                    ceiling = engine["disaggregated"] / row["tok_s"][row["generate_best"]]
+                    mine["engine_without_http_over_generate"] = round(ceiling, 3)
+                    say(f"  [{name}] the disaggregated engine alone at {args.openai_streams} seqs (no HTTP) / "
+                        f"generate: {ceiling:.2f}: what any front-end change could reach at most")
     if args.json:
         print(json.dumps(report))
 
