@@ -25,3 +25,10 @@ class IncrementalDetokenizer:
         new = full[len(prefix):] if full.startswith(prefix) else full
         self.prefix_offset, self.read_offset = self.read_offset, len(ids)
         return new
+
+    def replay(self, ids: list[int]) -> list[str]:
+        """Step through ids one token at a time, as a stream of them was detokenized, and return each
+        token's text. A stream resumed on another gateway replays the tokens the client already has, so its
+        next pieces are what the first gateway's would have been (a character split across the switch
+        comes out whole, not as U+FFFD)."""
+        return [self.step(ids[:n]) for n in range(self.read_offset + 1, len(ids) + 1)]

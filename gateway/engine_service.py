@@ -61,7 +61,7 @@ class _Request:
     prompt_ids: list[int]
     params: SamplingParams
     request_id: str
-    resumed: int                    # generated tokens the client already has (session resume)
+    resumed_ids: list[int]          # generated tokens the client already has (session resume)
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     arrived: float = field(default_factory=time.perf_counter)
@@ -186,6 +186,11 @@ class EngineService:
             raise RequestError("this model has no tokenizer: send token ids instead of text")
         return list(self.tokenizer(text)["input_ids"])
 
+    def resumed_texts(self, resume_ids: list[int]) -> list[str]:
+        """The text each of resume_ids added when a gateway streamed them (one token per event)."""
+        self.engine.check_token_ids(resume_ids, "resume")
+        return IncrementalDetokenizer(self.tokenizer).replay(resume_ids)
+
     def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "",
                  resume_ids: list[int] | None = None) -> TokenStream:
         """Stream the completion. resume_ids: tokens a previous gateway already sent for this request.
@@ -202,8 +207,9 @@ class EngineService:
                                        "min_tokens": max(0, params.min_tokens - len(resume_ids))})
         full_prompt = prompt_ids + resume_ids
         self.engine.check_request(full_prompt, params)  # raises RequestError before anything is queued
-        req = _Request(full_prompt, params, request_id, len(resume_ids), asyncio.get_running_loop(), asyncio.Queue(),
+        req = _Request(full_prompt, params, request_id, resume_ids, asyncio.get_running_loop(), asyncio.Queue(),
                        detokenizer=IncrementalDetokenizer(self.tokenizer))
+        req.detokenizer.replay(resume_ids)  # text continues where the client's left off
         if self.kv_pool is not None:  # looked up here, on the caller's loop: the engine thread never waits on it
             _, req.cached_blocks = await self.kv_pool.match_async(full_prompt)
         queued = self.queued  # counted with no await before the put: arrivals cannot all pass at once
@@ -297,8 +303,9 @@ class EngineService:
             self.metrics.itl.observe(now - req.last_token_at)
         req.last_token_at = now
         self.metrics.tokens_generated.inc()
-        index = req.resumed + len(seq.output_ids) - 1
-        text = req.detokenizer.step(seq.output_ids, final=seq.is_finished)
+        index = len(req.resumed_ids) + len(seq.output_ids) - 1
+        ids = req.resumed_ids + seq.output_ids if req.resumed_ids else seq.output_ids
+        text = req.detokenizer.step(ids, final=seq.is_finished)
         event = TokenEvent([out.token_id], text, index, seq.finish_reason if seq.is_finished else None,
                            None if out.logprobs is None else [out.logprobs], out.prompt_logprobs)
         if seq.is_finished:

@@ -42,6 +42,17 @@ def stop_strings(req: gateway_pb2.GenerateRequest) -> tuple[str, ...]:
     return tuple(req.stop)
 
 
+def resumed_stop_cutter(stops: tuple[str, ...], resumed_texts: list[str], min_tokens: int) -> StopStringCutter:
+    """The stop-string cutter as the gateway that streamed the resumed tokens left it: fed the text of those
+    past min_tokens, holding back a tail that may start a stop string, so that one straddling the switch
+    to this gateway still ends the text there."""
+    cutter = StopStringCutter(stops)
+    for i, text in enumerate(resumed_texts):
+        if i + 1 > min_tokens and cutter.feed(text)[1]:
+            raise RequestError("resume_token_ids already reach a stop string: that stream had ended")
+    return cutter
+
+
 def logprobs_message(entries: list | None) -> list[gateway_pb2.TokenLogprob]:
     return [gateway_pb2.TokenLogprob(token_id=e.token_id, logprob=e.logprob, top_ids=[t for t, _ in e.top],
                                      top_logprobs=[lp for _, lp in e.top]) for e in entries or []]
@@ -65,9 +76,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             else:
                 raise RequestError("empty request: give prompt_ids or prompt")
             params = sampling_params(request)
-            cutter = StopStringCutter(stop_strings(request))
+            stops = stop_strings(request)
+            resumed = list(request.resume_token_ids)
+            cutter = resumed_stop_cutter(stops, self.service.resumed_texts(resumed) if stops and resumed else [],
+                                         params.min_tokens)
             events = self.service.generate(prompt_ids, params, request.request_id,
-                                           resume_ids=list(request.resume_token_ids))
+                                           resume_ids=resumed)
             async with contextlib.aclosing(events):  # a client that leaves ends its generation
                 async for event in events:
                     armed = event.index + len(event.token_ids) > params.min_tokens

@@ -115,10 +115,7 @@ class LLMEngine:
             raise RequestError(str(exc), getattr(exc, "param", None)) from None
         if not prompt_ids:
             raise RequestError("prompt is empty")
-        vocab = self.model.vocab_size
-        bad = [t for t in prompt_ids if not 0 <= int(t) < vocab]
-        if bad:
-            raise RequestError(f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        self.check_token_ids(prompt_ids)
         limit = self.model.max_positions
         total = len(prompt_ids) + params.max_tokens
         if total > limit:
@@ -127,6 +124,12 @@ class LLMEngine:
         if blocks_for(total, self.block_size) > self.blocks.num_blocks:
             raise RequestError(f"prompt + max_tokens ({total} tokens) exceeds the KV cache of "
                                f"{self.blocks.num_blocks * self.block_size} tokens (--kv-cache-bytes)")
+
+    def check_token_ids(self, ids: list[int], what: str = "prompt") -> None:
+        vocab = self.model.vocab_size
+        bad = [t for t in ids if not 0 <= int(t) < vocab]
+        if bad:
+            raise RequestError(f"{what} token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams, cached_blocks: list[Block] | None = None,
                     request_id: str = "") -> RequestHandle:

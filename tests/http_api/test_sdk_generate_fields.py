@@ -11,7 +11,7 @@ import pytest
 from gateway_grpc import grpc_gateway
 
 from eaas.client import AsyncClient, GenerationError
-from eaas.client.common import build_request
+from eaas.client.common import build_request, resumed_request
 from eaas.protos import gateway_pb2
 
 pytestmark = pytest.mark.asyncio
@@ -114,3 +114,32 @@ async def test_stop_strings_give_what_the_openai_api_gives(openai_client, servic
     assert "".join(c.text for c in chunks) == "k" and chunks[-1].finish_reason == "stop"  # never streamed
     assert (late.text, late.finish_reason) == ("k]\x18`\x04&", "length")  # not before min_tokens
     assert empty.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def _raw_stream(address, request: gateway_pb2.GenerateRequest) -> tuple[list[int], str, str]:
+    from eaas.protos import gateway_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        ids, text, reason = [], [], ""
+        async for reply in gateway_pb2_grpc.GatewayStub(channel).Generate(request):
+            ids.extend(reply.token_ids)
+            text.append(reply.text)
+            reason = reply.finish_reason or reason
+    return ids, "".join(text), reason
+
+
+async def test_a_stop_string_straddling_a_resume_still_ends_the_text(service):
+    # the stream a failover moves: "k" then "]" came from a first gateway (which held "]" back: it may start
+    # the stop string); the second gets them as resume_token_ids and must end the text at "]\x18`" too
+    sampled = dict(prompt="Hello, ", max_tokens=20, temperature=1.0, seed=2, ignore_eos=True, stop=["]\x18`"])
+    async with grpc_gateway(service) as address:
+        whole = await _raw_stream(address, build_request(**sampled))
+        assert whole[1:] == ("k", "stop") and len(whole[0]) == 4  # k ] \x18 `
+        for k in (1, 2, 3):
+            first_ids = whole[0][:k]
+            first_text = "k"  # the first gateway sent the text of "k" and held back any of "]\x18"
+            ids, text, reason = await _raw_stream(address, resumed_request(build_request(**sampled), first_ids))
+            assert (first_ids + ids, first_text + text, reason) == whole, f"resumed after {k} tokens"
+        with pytest.raises(grpc.aio.AioRpcError) as ended:  # that stream had already ended at the stop
+            await _raw_stream(address, resumed_request(build_request(**sampled), whole[0]))
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
