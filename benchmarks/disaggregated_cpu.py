@@ -1,11 +1,13 @@
 """Where the CPU of a disaggregated decode step goes: CPU time per process and thread, per decode step.
 
     python benchmarks/disaggregated_cpu.py [--seqs 64] [--new-tokens 40] [--experts-per-server 4] [--transport grpc] [--micro-batches 1]
+                                          [--monolithic]
 
 Runs the same fleet as disaggregated_vs_monolithic.py (expert servers as separate processes, 2 replicas
 per group, the engine in this process), decodes one batch and reads utime + stime of every thread from
 /proc before and after. On a machine whose cores all processes share, the sum over processes divided by
-the core count is a floor for the step time.
+the core count is a floor for the step time. --monolithic measures the monolithic engine (experts in this
+process, torch's default threads) on the same batch instead, for the CPU the disaggregated step adds.
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ def main() -> None:
     ap.add_argument("--base-port", type=int, default=24200)
     ap.add_argument("--transport", default="grpc", choices=["grpc", "shm"], help="expert data path (default grpc)")
     ap.add_argument("--micro-batches", type=int, default=1, help="micro-batches per step (default 1)")
+    ap.add_argument("--monolithic", action="store_true", help="the monolithic engine instead (no expert servers)")
     args = ap.parse_args()
+    if args.monolithic:
+        return monolithic(args)
     logging.getLogger("eaas").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as model:
         write_tiny_model(model, "mixtral", seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
@@ -95,6 +100,30 @@ def main() -> None:
     cores = os.cpu_count() or 1
     print(f"  all processes      {total:6.1f} ms CPU per step -> at least {total / cores:.1f} ms per step on "
           f"{cores} cores")
+
+
+def monolithic(args) -> None:
+    from disaggregated_vs_monolithic import KV_CACHE_BYTES
+
+    from eaas.engine.factory import monolithic_engine
+
+    with tempfile.TemporaryDirectory() as model:
+        write_tiny_model(model, "mixtral", seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
+        engine = monolithic_engine(model, limits=ScheduleLimits(max_num_seqs=args.seqs, max_batched_tokens=8192),
+                                   kv_cache_bytes=KV_CACHE_BYTES)
+        batch = prompts(args.seqs)
+        engine.generate(batch, SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
+        for p in batch:
+            engine.add_request(p, SamplingParams(max_tokens=args.new_tokens, ignore_eos=True))
+        engine.step()  # prefill: not counted
+        before, start, steps = thread_cpu_seconds(os.getpid()), time.perf_counter(), 0
+        while engine.has_unfinished():
+            engine.step()
+            steps += 1
+        wall, after = time.perf_counter() - start, thread_cpu_seconds(os.getpid())
+    cpu = sum(after[t] - before.get(t, 0.0) for t in after) / steps * 1e3
+    print(f"[monolithic] {args.seqs} sequences, {steps} decode steps, {wall / steps * 1e3:.1f} ms per step (wall), "
+          f"{cpu:.1f} ms CPU per step ({os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
