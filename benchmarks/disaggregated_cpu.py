@@ -7,7 +7,8 @@ Runs the same fleet as disaggregated_vs_monolithic.py (expert servers as separat
 per group, the engine in this process), decodes one batch and reads utime + stime of every thread from
 /proc before and after. On a machine whose cores all processes share, the sum over processes divided by
 the core count is a floor for the step time. --monolithic measures the monolithic engine (experts in this
-process, torch's default threads) on the same batch instead, for the CPU the disaggregated step adds.
+process) on the same batch instead, at torch's default threads and at 1, with the wall time of its experts'
+combines: the CPU the disaggregated step adds, and what the expert servers' share costs in-process.
 """
 
 from __future__ import annotations
@@ -102,28 +103,50 @@ def main() -> None:
           f"{cores} cores")
 
 
+class TimedBackend:
+    """The monolithic engine's LocalExpertBackend, with the wall time of its combines summed."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds = inner, 0.0
+
+    def combine(self, layer, hidden, expert_ids, weights):
+        start = time.perf_counter()
+        try:
+            return self.inner.combine(layer, hidden, expert_ids, weights)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
 def monolithic(args) -> None:
+    import torch
     from disaggregated_vs_monolithic import KV_CACHE_BYTES
 
-    from eaas.engine.factory import monolithic_engine
+    from eaas.model.backend import LocalExpertBackend
+    from eaas.model.experts import load_expert_weights
 
     with tempfile.TemporaryDirectory() as model:
         write_tiny_model(model, "mixtral", seed=0, hidden_size=args.hidden_size, layers=4, experts=8, top_k=2)
-        engine = monolithic_engine(model, limits=ScheduleLimits(max_num_seqs=args.seqs, max_batched_tokens=8192),
-                                   kv_cache_bytes=KV_CACHE_BYTES)
+        ckpt = Checkpoint(model)
+        experts = TimedBackend(LocalExpertBackend(load_expert_weights(ckpt)))
+        engine = engine_with_backend(ckpt, experts, limits=ScheduleLimits(max_num_seqs=args.seqs,
+                                                                          max_batched_tokens=8192),
+                                     kv_cache_bytes=KV_CACHE_BYTES)
         batch = prompts(args.seqs)
         engine.generate(batch, SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
-        for p in batch:
-            engine.add_request(p, SamplingParams(max_tokens=args.new_tokens, ignore_eos=True))
-        engine.step()  # prefill: not counted
-        before, start, steps = thread_cpu_seconds(os.getpid()), time.perf_counter(), 0
-        while engine.has_unfinished():
-            engine.step()
-            steps += 1
-        wall, after = time.perf_counter() - start, thread_cpu_seconds(os.getpid())
-    cpu = sum(after[t] - before.get(t, 0.0) for t in after) / steps * 1e3
-    print(f"[monolithic] {args.seqs} sequences, {steps} decode steps, {wall / steps * 1e3:.1f} ms per step (wall), "
-          f"{cpu:.1f} ms CPU per step ({os.cpu_count()} cores)")
+        for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
+            torch.set_num_threads(threads)
+            for p in batch:
+                engine.add_request(p, SamplingParams(max_tokens=args.new_tokens, ignore_eos=True))
+            engine.step()  # prefill: not counted
+            before, start, steps, experts.seconds = thread_cpu_seconds(os.getpid()), time.perf_counter(), 0, 0.0
+            while engine.has_unfinished():
+                engine.step()
+                steps += 1
+            wall, after = time.perf_counter() - start, thread_cpu_seconds(os.getpid())
+            cpu = sum(after[t] - before.get(t, 0.0) for t in after) / steps * 1e3
+            print(f"[monolithic, {threads} thread(s)] {args.seqs} sequences, {steps} decode steps, "
+                  f"{wall / steps * 1e3:.1f} ms per step (wall), {cpu:.1f} ms CPU per step, of which the experts' "
+                  f"combine {experts.seconds / steps * 1e3:.1f} ms wall ({os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
