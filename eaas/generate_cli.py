@@ -22,6 +22,22 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same tokens)")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
+    p.add_argument("--stop", metavar="TEXT", action="append", default=None,
+                   help="end the text before this string, finish_reason stop (repeatable; needs a tokenizer; "
+                   "default: none)")
+    p.add_argument("--stop-token-ids", metavar="IDS", default=None,
+                   help="comma-separated token ids that end generation, like EOS (default: none)")
+    p.add_argument("--min-tokens", metavar="N", type=int, default=0,
+                   help="tokens to generate before EOS, --stop-token-ids or --stop may end it (default 0)")
+    p.add_argument("--presence-penalty", metavar="X", type=float, default=0.0,
+                   help="in [-2, 2]: subtracted from each token already in the output (default 0.0 = off)")
+    p.add_argument("--frequency-penalty", metavar="X", type=float, default=0.0,
+                   help="in [-2, 2]: subtracted once per occurrence in the output (default 0.0 = off)")
+    p.add_argument("--repetition-penalty", metavar="X", type=float, default=1.0,
+                   help="> 0: tokens in prompt + output become less likely above 1, more below (default 1.0 = off)")
+    p.add_argument("--logprobs", metavar="N", type=int, default=None,
+                   help="with --json: each token's logprob and the N (0..20) most likely alternatives "
+                   "(default: none)")
     p.add_argument("--dtype", default="float32", help="weights dtype with --model: float32|bfloat16|float16")
     p.add_argument("--json", action="store_true", help="print one JSON object: token_ids, text, finish_reason, ...")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a gateway (default 120)")
@@ -34,70 +50,68 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "must carry, when it is not the host of --gateway (e.g. a Service's ClusterIP)")
 
 
-def parse_prompt_ids(text: str) -> list[int]:
+def parse_ids(text: str, flag: str) -> list[int]:
     try:
         ids = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+        raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
     if not ids:
-        raise UserError("--prompt-ids is empty")
+        raise UserError(f"{flag} is empty")
+    bad = [t for t in ids if not 0 <= t < 2**31]  # the gRPC message carries int32 ids
+    if bad:
+        raise UserError(f"{flag}: {bad[0]} is not a token id")
     return ids
 
 
-def _generate_local(args) -> dict:
-    from eaas.engine.factory import load_tokenizer, monolithic_engine
-    from eaas.engine.llm_engine import RequestError
-    from eaas.engine.sequence import SamplingParams
+def request_fields(args) -> dict:
+    """The request's sampling fields, named as the SDK's generate and SamplingParams both name them, so that
+    the two paths are given the same request."""
+    return dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                ignore_eos=args.ignore_eos,
+                stop_token_ids=tuple(parse_ids(args.stop_token_ids, "--stop-token-ids")
+                                     if args.stop_token_ids is not None else ()),
+                min_tokens=args.min_tokens, presence_penalty=args.presence_penalty,
+                frequency_penalty=args.frequency_penalty, repetition_penalty=args.repetition_penalty,
+                logprobs=args.logprobs)
 
-    from eaas.model.checkpoint import resolve_model_uri
 
-    args.model = str(resolve_model_uri(args.model))  # hf://org/name -> its local snapshot
-    tokenizer = load_tokenizer(args.model)
-    if args.prompt is not None:
-        if tokenizer is None:
-            raise UserError(f"{args.model} has no tokenizer; pass --prompt-ids instead of --prompt")
-        prompt_ids = tokenizer(args.prompt)["input_ids"]
-    else:
-        prompt_ids = parse_prompt_ids(args.prompt_ids)
-    engine = monolithic_engine(args.model, args.dtype)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed, ignore_eos=args.ignore_eos)
+def checked_params(request: dict):
+    """SamplingParams of the request, checked by the engine's own rules (what a gateway would refuse, refused
+    here before any model loads or gateway is dialled; negative counts would not even fit the gRPC message)."""
+    from eaas.engine.sampling_params import InvalidParam, SamplingParams
+
+    params = SamplingParams(**request)
     try:
-        seq = engine.add_request(prompt_ids, params).seq
-    except RequestError as exc:
-        raise UserError(str(exc)) from None
-    start = time.perf_counter()
-    while engine.has_unfinished():
-        for out in engine.step():
-            if not args.json and tokenizer is not None:
-                print(tokenizer.decode([out.token_id]), end="", flush=True)
-    elapsed = time.perf_counter() - start
-    if not args.json and tokenizer is not None:
-        print()
-    text = tokenizer.decode(seq.output_ids) if tokenizer is not None else None
-    return {"token_ids": seq.output_ids, "text": text, "finish_reason": seq.finish_reason,
-            "prompt_tokens": len(prompt_ids), "completion_tokens": len(seq.output_ids),
-            "elapsed_s": round(elapsed, 4)}
+        params.validate()
+    except InvalidParam as exc:
+        raise UserError(flag_message(str(exc), exc.param)) from None
+    return params
 
 
-def _generate_remote(args) -> dict:
+def flag_message(message: str, param: str) -> str:
+    """An engine message about a field ("min_tokens must be ...") worded for its flag ("--min-tokens must be ...")."""
+    return "--" + param.replace("_", "-") + message[len(param):] if message.startswith(param) else message
+
+
+def _generate_remote(args, prompt_ids: list[int] | None, request: dict) -> dict:
+    """Through a gateway, which checks the fields by the engine's rules (INVALID_ARGUMENT: one line)."""
     from eaas.client import GenerationError, SyncClient
 
-    kwargs = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                  ignore_eos=args.ignore_eos)
-    if args.prompt is not None:
+    kwargs = dict(request, stop=args.stop)
+    if prompt_ids is None:
         kwargs["prompt"] = args.prompt
     else:
-        kwargs["prompt_ids"] = parse_prompt_ids(args.prompt_ids)
+        kwargs["prompt_ids"] = prompt_ids
     start = time.perf_counter()
     try:
         with SyncClient([args.gateway], timeout=args.timeout, api_key=args.api_key, tls_ca_file=args.tls_ca_file,
                         tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
                         tls_server_name=args.tls_server_name) as client:
-            ids, text, reason = [], [], None
+            ids, text, logprobs, reason = [], [], [], None
             for chunk in client.generate_stream(**kwargs):
                 ids.extend(chunk.token_ids)
                 text.append(chunk.text or "")
+                logprobs.extend(chunk.logprobs)
                 reason = chunk.finish_reason or reason
                 if not args.json and chunk.text:
                     print(chunk.text, end="", flush=True)
@@ -105,14 +119,25 @@ def _generate_remote(args) -> dict:
         raise UserError(str(exc)) from None
     if not args.json and any(text):
         print()
-    return {"token_ids": ids, "text": "".join(text) if any(text) else None, "finish_reason": reason,
-            "completion_tokens": len(ids), "elapsed_s": round(time.perf_counter() - start, 4)}
+    result = {"token_ids": ids, "text": "".join(text) if any(text) else None, "finish_reason": reason,
+              "completion_tokens": len(ids), "elapsed_s": round(time.perf_counter() - start, 4)}
+    if args.logprobs is not None:
+        from eaas.generate_local import logprobs_json
+
+        result["logprobs"] = [logprobs_json(e) for e in logprobs]
+    return result
 
 
 def run(args) -> int:
-    if args.max_tokens < 1:
-        raise UserError("--max-tokens must be >= 1")
-    result = _generate_local(args) if args.model else _generate_remote(args)
+    prompt_ids = parse_ids(args.prompt_ids, "--prompt-ids") if args.prompt is None else None
+    request = request_fields(args)
+    params = checked_params(request)
+    if args.model:
+        from eaas.generate_local import generate_local
+
+        result = generate_local(args, prompt_ids, params, echo=not args.json)
+    else:
+        result = _generate_remote(args, prompt_ids, request)
     if args.json:
         print(json.dumps(result))
     elif result["text"] is None:

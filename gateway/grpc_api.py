@@ -37,9 +37,14 @@ def sampling_params(req: gateway_pb2.GenerateRequest) -> SamplingParams:
 
 
 def stop_strings(req: gateway_pb2.GenerateRequest) -> tuple[str, ...]:
-    if any(not s for s in req.stop):
+    return checked_stop_strings(req.stop)
+
+
+def checked_stop_strings(stops) -> tuple[str, ...]:
+    """The stop strings as given, or RequestError: an empty one would match before every character."""
+    if any(not s for s in stops):
         raise RequestError("stop strings must be non-empty")
-    return tuple(req.stop)
+    return tuple(stops)
 
 
 def resumed_stop_cutter(stops: tuple[str, ...], resumed_texts: list[str], min_tokens: int) -> StopStringCutter:
