@@ -186,6 +186,13 @@ class EngineService:
             raise RequestError("this model has no tokenizer: send token ids instead of text")
         return list(self.tokenizer(text)["input_ids"])
 
+    def check_stop_strings(self, stops) -> None:
+        """Stop strings are matched in the text, and a model without a tokenizer streams none: ignoring them
+        would generate past where the client asked to stop, so they are refused."""
+        if stops and self.tokenizer is None:
+            raise RequestError("stop strings need the model's tokenizer, and this model has none: end on token ids "
+                               "with stop_token_ids", "stop")
+
     def resumed_texts(self, resume_ids: list[int]) -> list[str]:
         """The text each of resume_ids added when a gateway streamed them (one token per event)."""
         self.engine.check_token_ids(resume_ids, "resume")

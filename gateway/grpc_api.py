@@ -82,6 +82,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 raise RequestError("empty request: give prompt_ids or prompt")
             params = sampling_params(request)
             stops = stop_strings(request)
+            self.service.check_stop_strings(stops)
             resumed = list(request.resume_token_ids)
             cutter = resumed_stop_cutter(stops, self.service.resumed_texts(resumed) if stops and resumed else [],
                                          params.min_tokens)

@@ -194,6 +194,7 @@ class OpenAIHandlers:
                         endpoint: Endpoint, echo: Echo | None = None) -> web.StreamResponse:
         header = ResponseHeader(f"{endpoint.id_prefix}-{uuid.uuid4().hex}", int(time.time()), self.model_name)
         params = req.sampling_params(len(prompt_ids), self.service.engine.model.max_positions)
+        self.service.check_stop_strings(req.stop)
         choices = [ChoiceBuilder(i, StopStringCutter(req.stop), params.min_tokens,
                                  None if params.logprobs is None else endpoint.logprobs(self.token_strings), echo)
                    for i in range(req.n)]

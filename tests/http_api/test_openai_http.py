@@ -211,3 +211,11 @@ async def test_without_a_tokenizer_only_token_id_prompts_work(tokenizerless_clie
     body = await post_json(tokenizerless_client, "/v1/completions",
                            {"prompt": PROMPT_IDS, "max_tokens": 3, "temperature": 0, "ignore_eos": True})
     assert len(body["choices"][0]["token_ids"]) == 3 and body["choices"][0]["text"] == ""
+
+
+async def test_without_a_tokenizer_stop_strings_are_refused_not_ignored(tokenizerless_client):
+    resp = await tokenizerless_client.post("/v1/completions", json={"prompt": PROMPT_IDS, "max_tokens": 3,
+                                                                    "stop": ["k"]})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert "stop strings need the model's tokenizer" in error["message"] and error["param"] == "stop"

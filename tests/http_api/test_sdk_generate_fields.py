@@ -143,3 +143,12 @@ async def test_a_stop_string_straddling_a_resume_still_ends_the_text(service):
         with pytest.raises(grpc.aio.AioRpcError) as ended:  # that stream had already ended at the stop
             await _raw_stream(address, resumed_request(build_request(**sampled), whole[0]))
     assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_without_a_tokenizer_stop_strings_are_refused_over_grpc_too(tokenizerless_service):
+    async with grpc_gateway(tokenizerless_service) as address:
+        with pytest.raises(GenerationError) as refused:
+            await _sdk(address, prompt_ids=PROMPT_IDS, max_tokens=3, stop="k")
+        assert (await _sdk(address, prompt_ids=PROMPT_IDS, max_tokens=3, ignore_eos=True)).token_ids  # still serves
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "stop strings need the model's tokenizer" in str(refused.value)
