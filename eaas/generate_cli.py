@@ -89,8 +89,17 @@ def checked_params(request: dict):
 
 
 def flag_message(message: str, param: str) -> str:
-    """An engine message about a field ("min_tokens must be ...") worded for its flag ("--min-tokens must be ...")."""
-    return "--" + param.replace("_", "-") + message[len(param):] if message.startswith(param) else message
+    """An engine message about fields ("min_tokens must be in [0, max_tokens=8]") worded for their flags
+    ("--min-tokens must be in [0, --max-tokens=8]")."""
+    import re
+
+    flags = {name: "--" + name.replace("_", "-") for name in (param, *FLAG_FIELDS)}
+    return re.sub(r"\b(" + "|".join(map(re.escape, flags)) + r")\b", lambda m: flags[m.group(1)], message)
+
+
+# SamplingParams fields that eaas generate takes as flags of the same name
+FLAG_FIELDS = ("max_tokens", "temperature", "top_p", "seed", "min_tokens", "presence_penalty", "frequency_penalty",
+               "repetition_penalty", "logprobs")
 
 
 def _generate_remote(args, prompt_ids: list[int] | None, request: dict) -> dict:

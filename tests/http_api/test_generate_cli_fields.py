@@ -118,7 +118,7 @@ def test_a_stop_string_is_never_printed(tiny_model_dir):
     (["--repetition-penalty", "0"], "--repetition-penalty must be a finite number > 0"),
     (["--presence-penalty", "2.5"], "--presence-penalty must be in [-2, 2]"),
     (["--frequency-penalty", "nan"], "--frequency-penalty must be in [-2, 2]"),
-    (["--min-tokens", "9"], "--min-tokens must be in [0, max_tokens=8], got 9"),
+    (["--min-tokens", "9"], "--min-tokens must be in [0, --max-tokens=8], got 9"),
     (["--stop-token-ids", "3,x"], "--stop-token-ids must be comma-separated integers"),
     (["--stop-token-ids", str(2**40)], "is not a token id"),
     (["--stop="], "--stop: stop strings must be non-empty"),
