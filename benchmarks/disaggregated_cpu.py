@@ -49,6 +49,22 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     return out
 
 
+def queue_and_prefill(engine, batch: list[list[int]], new_tokens: int) -> None:
+    """Queue the batch and run its prefill step, which the decode figures leave out."""
+    for p in batch:
+        engine.add_request(p, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
+    engine.step()
+
+
+def run_decode(engine) -> tuple[int, float]:
+    """Step until every sequence is done: (decode steps, wall seconds)."""
+    start, steps = time.perf_counter(), 0
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+    return steps, time.perf_counter() - start
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqs", type=int, default=64)
@@ -75,16 +91,10 @@ def main() -> None:
                                          micro_batches=args.micro_batches)
             batch = prompts(args.seqs)
             engine.generate(batch, SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
-            for p in batch:
-                engine.add_request(p, SamplingParams(max_tokens=args.new_tokens, ignore_eos=True))
-            engine.step()  # prefill: not counted
+            queue_and_prefill(engine, batch, args.new_tokens)
             pids = {"gateway (engine)": os.getpid(), **{name: fleet.procs[name].pid for name, _, _ in fleet.members}}
             before = {name: thread_cpu_seconds(pid) for name, pid in pids.items()}
-            start, steps = time.perf_counter(), 0
-            while engine.has_unfinished():
-                engine.step()
-                steps += 1
-            wall = time.perf_counter() - start
+            steps, wall = run_decode(engine)
             after = {name: thread_cpu_seconds(pid) for name, pid in pids.items()}
             backend.close()
         finally:
@@ -135,14 +145,10 @@ def monolithic(args) -> None:
         engine.generate(batch, SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
         for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
             torch.set_num_threads(threads)
-            for p in batch:
-                engine.add_request(p, SamplingParams(max_tokens=args.new_tokens, ignore_eos=True))
-            engine.step()  # prefill: not counted
-            before, start, steps, experts.seconds = thread_cpu_seconds(os.getpid()), time.perf_counter(), 0, 0.0
-            while engine.has_unfinished():
-                engine.step()
-                steps += 1
-            wall, after = time.perf_counter() - start, thread_cpu_seconds(os.getpid())
+            queue_and_prefill(engine, batch, args.new_tokens)
+            before, experts.seconds = thread_cpu_seconds(os.getpid()), 0.0
+            steps, wall = run_decode(engine)
+            after = thread_cpu_seconds(os.getpid())
             cpu = sum(after[t] - before.get(t, 0.0) for t in after) / steps * 1e3
             print(f"[monolithic, {threads} thread(s)] {args.seqs} sequences, {steps} decode steps, "
                   f"{wall / steps * 1e3:.1f} ms per step (wall), {cpu:.1f} ms CPU per step, of which the experts' "

@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from eaas.openmp import quiet_idle_workers
@@ -27,6 +26,7 @@ from eaas.openmp import quiet_idle_workers
 quiet_idle_workers()  # as the eaas command does, before torch loads libgomp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from disaggregated_cpu import queue_and_prefill, run_decode  # noqa: E402
 from disaggregated_vs_monolithic import KV_CACHE_BYTES, ExpertFleet, prompts  # noqa: E402
 
 import torch  # noqa: E402
@@ -51,14 +51,9 @@ def pin(pid: int, cores: set[int]) -> None:
 
 def decode_tok_s(engine, n: int, new_tokens: int) -> float:
     """Decode tokens per second of n sequences after their prefill step."""
-    for p in prompts(n):
-        engine.add_request(p, SamplingParams(max_tokens=new_tokens, ignore_eos=True))
-    engine.step()  # prefill: not counted
-    start, steps = time.perf_counter(), 0
-    while engine.has_unfinished():
-        engine.step()
-        steps += 1
-    return n * steps / (time.perf_counter() - start)
+    queue_and_prefill(engine, prompts(n), new_tokens)
+    steps, wall = run_decode(engine)
+    return n * steps / wall
 
 
 def main() -> None:
